@@ -1,0 +1,111 @@
+"""Every exception `streaming` raises, under one root.
+
+    StreamingError
+    ├── InvalidInput (also a ValueError): bad input, refused before any Redis I/O
+    │   ├── InvalidRunId
+    │   ├── InvalidCursor
+    │   └── InvalidChunk
+    ├── ConfigurationError: a setting or environment variable that cannot be used
+    ├── WriterError
+    │   ├── WriterStateError: the writer is not started, is closed, or was created before fork()
+    │   ├── BufferFullError: the bounded buffer stayed full for longer than its timeout
+    │   ├── StoreUnavailableError: Redis has been unreachable for longer than the deadline
+    │   ├── RunClosedError: a write after the run's terminal entry
+    │   └── FencedError: another writer owns the run
+    │       ├── RunBusyError: claimed while another live writer holds the run
+    │       └── StaleWriterError: this writer lost the run to a newer one
+    ├── ReaderError
+    └── StreamGoneError (a WriterError and a ReaderError): the run's keys vanished under a
+        writer or reader (expired, deleted, or Redis restarted empty)
+
+Library errors (redis-py's) are wrapped with ``raise ... from exc`` at the boundary where
+they stop being retried.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BufferFullError",
+    "ConfigurationError",
+    "FencedError",
+    "InvalidChunk",
+    "InvalidCursor",
+    "InvalidInput",
+    "InvalidRunId",
+    "ReaderError",
+    "RunBusyError",
+    "RunClosedError",
+    "StaleWriterError",
+    "StoreUnavailableError",
+    "StreamGoneError",
+    "StreamingError",
+    "WriterError",
+    "WriterStateError",
+]
+
+
+class StreamingError(Exception):
+    """Root of every exception raised by `streaming`."""
+
+
+class InvalidInput(StreamingError, ValueError):
+    """Input refused before it reached Redis."""
+
+
+class InvalidRunId(InvalidInput):
+    """A run id with characters or a length that is not allowed."""
+
+
+class InvalidCursor(InvalidInput):
+    """A cursor (``starting_after`` / ``Last-Event-ID``) that is not a usable sequence number."""
+
+
+class InvalidChunk(InvalidInput):
+    """Chunk data that is not text, or is larger than the configured limit."""
+
+
+class ConfigurationError(StreamingError):
+    """A setting that cannot be used."""
+
+
+class WriterError(StreamingError):
+    """A write could not be accepted or delivered."""
+
+
+class WriterStateError(WriterError):
+    """The writer is not running here: not started, already closed, or inherited across fork()."""
+
+
+class BufferFullError(WriterError):
+    """The writer's bounded buffer stayed full for longer than ``buffer_timeout``."""
+
+
+class StoreUnavailableError(WriterError):
+    """Redis stayed unreachable for longer than ``unavailable_timeout``.
+
+    Chunks accepted before the outage stay buffered and are delivered when Redis returns.
+    """
+
+
+class RunClosedError(WriterError):
+    """The run already has its terminal entry; nothing more can be written to it."""
+
+
+class FencedError(WriterError):
+    """Another writer owns the run; this one must not write to it."""
+
+
+class RunBusyError(FencedError):
+    """Another writer holds a live lease on the run."""
+
+
+class StaleWriterError(FencedError):
+    """This writer's lease lapsed and a newer writer took the run over."""
+
+
+class ReaderError(StreamingError):
+    """A stream could not be read."""
+
+
+class StreamGoneError(ReaderError, WriterError):
+    """The stream disappeared while being read (expired, deleted, or Redis restarted empty)."""

@@ -1,0 +1,136 @@
+"""Server-side scripts: each one atomic step of the run protocol (see ``streaming.wire``).
+
+Scripts carry a ``#!lua`` line so the server refuses them whole when it is out of memory
+instead of failing halfway, and list every key they touch (Redis Cluster routes them).
+Replies are arrays; refusals are error replies whose first word (``STALE``, ``GONE``,
+``CLOSED``, ``ORDER``) the writer turns into an exception.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+__all__ = ["APPEND", "CLAIM", "REFRESH", "STATUS", "Script"]
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    source: str
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode()).hexdigest()
+
+
+# KEYS: stream, meta, lease. ARGV: token, lease_ms, ttl.
+# -> {"ok", attempt, last seq, cancel} | {"busy", lease pttl} | {"ended", end kind, last seq}
+CLAIM = Script("claim", """#!lua
+local ended = redis.call('HGET', KEYS[2], 'end')
+if ended then
+  return {'ended', ended, tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')}
+end
+local lease = redis.call('GET', KEYS[3])
+if lease and lease ~= ARGV[1] then
+  return {'busy', redis.call('PTTL', KEYS[3])}
+end
+local attempt = tonumber(redis.call('HGET', KEYS[2], 'attempt') or '0')
+if redis.call('HGET', KEYS[2], 'owner') ~= ARGV[1] then
+  attempt = redis.call('HINCRBY', KEYS[2], 'attempt', 1)
+  redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'acked', 0)
+  redis.call('HSETNX', KEYS[2], 'seq', 0)
+end
+redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+local cancel = redis.call('HGET', KEYS[2], 'cancel') or ''
+return {'ok', attempt, tonumber(redis.call('HGET', KEYS[2], 'seq')), cancel}
+""")
+
+# KEYS: stream, meta, lease.
+# ARGV: token, lease_ms, ttl, retention, maxlen, first local index, end kind ('' if none),
+#       timestamp ms, frame...
+# Appends the frames the meta hash has not acknowledged yet, so a batch replayed after a
+# lost reply adds nothing twice. -> {last seq, acked, cancel}
+APPEND = Script("append", """#!lua
+local owner = redis.call('HGET', KEYS[2], 'owner')
+if not owner then
+  return redis.error_reply('GONE the run state is missing: it expired or the server lost it')
+end
+if owner ~= ARGV[1] then
+  return redis.error_reply('STALE the run was taken over by another writer')
+end
+local acked = tonumber(redis.call('HGET', KEYS[2], 'acked'))
+local first = tonumber(ARGV[6])
+local n = #ARGV - 8
+local seq = tonumber(redis.call('HGET', KEYS[2], 'seq'))
+local cancel = redis.call('HGET', KEYS[2], 'cancel') or ''
+if first > acked + 1 then
+  return redis.error_reply('ORDER chunks ' .. acked + 1 .. '..' .. first - 1 .. ' never arrived')
+end
+if first + n - 1 <= acked then
+  return {seq, acked, cancel}
+end
+if redis.call('HEXISTS', KEYS[2], 'end') == 1 then
+  return redis.error_reply('CLOSED the run already ended')
+end
+local ending = ARGV[7]
+for i = acked - first + 2, n do
+  seq = seq + 1
+  if i == n and ending ~= '' then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'seq_id', seq,
+      'data', ARGV[8 + i], 'timestamp', ARGV[8], 'complete', 'true')
+  else
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'seq_id', seq,
+      'data', ARGV[8 + i], 'timestamp', ARGV[8])
+  end
+end
+acked = first + n - 1
+redis.call('HSET', KEYS[2], 'seq', seq, 'acked', acked)
+if ending ~= '' then
+  redis.call('HSET', KEYS[2], 'end', ending)
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+  redis.call('DEL', KEYS[3])
+else
+  redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+return {seq, acked, cancel}
+""")
+
+# KEYS: stream, meta, lease. ARGV: token, lease_ms, ttl. Keeps a quiet run's lease and TTLs.
+# -> {last seq, acked, cancel}
+REFRESH = Script("refresh", """#!lua
+local owner = redis.call('HGET', KEYS[2], 'owner')
+if not owner then
+  return redis.error_reply('GONE the run state is missing: it expired or the server lost it')
+end
+if owner ~= ARGV[1] then
+  return redis.error_reply('STALE the run was taken over by another writer')
+end
+redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return {tonumber(redis.call('HGET', KEYS[2], 'seq')), tonumber(redis.call('HGET', KEYS[2], 'acked')),
+  redis.call('HGET', KEYS[2], 'cancel') or ''}
+""")
+
+# KEYS: meta1, lease1, meta2, lease2, ... (one slot in a cluster: call it per run there).
+# -> for each run {state, last seq, attempt, end kind}; state: missing | pending | live | idle | ended
+STATUS = Script("status", """#!lua flags=no-writes
+local out = {}
+for i = 1, #KEYS, 2 do
+  local m = redis.call('HMGET', KEYS[i], 'seq', 'attempt', 'end')
+  local state
+  if m[3] then state = 'ended'
+  elseif redis.call('EXISTS', KEYS[i + 1]) == 1 then state = 'live'
+  elseif m[2] == '0' then state = 'pending'
+  elseif m[2] then state = 'idle'
+  else state = 'missing' end
+  out[#out + 1] = {state, tonumber(m[1] or '0'), tonumber(m[2] or '0'), m[3] or ''}
+end
+return out
+""")

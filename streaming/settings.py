@@ -1,0 +1,110 @@
+"""Settings: one frozen dataclass, read from the environment once, at the edge, and passed down."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigurationError
+
+__all__ = ["Settings"]
+
+_ENV_PREFIX = "STREAMING_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How streams are written and read. Every field has an environment variable.
+
+    ``redis_url`` is read from ``REDIS_URL``; every other field ``name`` from
+    ``STREAMING_NAME`` (for example ``STREAMING_STREAM_TTL=600``). Durations are seconds.
+    """
+
+    #: The stream store. ``None`` means "no server given": the demo and tests start an
+    #: embedded one (see ``streaming.embedded``).
+    redis_url: str | None = None
+    #: Wrap run ids in a ``{hash tag}`` so all keys of a run share a Redis Cluster slot.
+    #: Off by default: the seed's readers and writers expect the plain ``sse:run:<id>`` key.
+    cluster_hash_tags: bool = False
+    #: Time to live of an active run's keys, refreshed while its writer is alive.
+    stream_ttl: int = 3 * 3600
+    #: Time to live of a run's keys after its terminal entry.
+    retention: int = 3600
+    #: Approximate ``MAXLEN`` of every stream (the seed's value). Readers that fall behind
+    #: the trimmed history get an explicit gap event.
+    max_stream_length: int = 10_000
+    #: Largest accepted chunk, in UTF-8 bytes of its SSE frame.
+    max_chunk_bytes: int = 1024 * 1024
+    #: Bound on the bytes a writer holds that Redis has not yet acknowledged.
+    max_buffer_bytes: int = 64 * 1024 * 1024
+    #: How long a write waits for room in a full buffer before ``BufferFullError``.
+    buffer_timeout: float = 10.0
+    #: How long Redis may stay unreachable before writers raise ``StoreUnavailableError``.
+    unavailable_timeout: float = 30.0
+    #: Lease of a run's writer; refreshed every third of it. A run whose lease lapsed and
+    #: that has no terminal entry has lost its producer.
+    lease_ttl: float = 10.0
+    #: Most entries sent for one run in one flush.
+    max_batch: int = 1000
+    #: Bytes of one pipeline the writer sends at once (many runs share it).
+    max_pipeline_bytes: int = 4 * 1024 * 1024
+    #: SSE keepalive comment interval on a quiet stream (never stored in Redis).
+    ping_interval: float = 15.0
+    #: Longest single blocking read of the shared reader; a waiting reader costs one
+    #: command per this interval, shared by every reader of the process.
+    block_timeout: float = 20.0
+    #: How often readers waiting on quiet runs check that the runs' producers are alive.
+    liveness_interval: float = 10.0
+    #: How long a run may have no live producer (and no terminal entry) before readers end
+    #: it with a ``lost`` terminal error. Covers a queued run whose task has not started.
+    producer_timeout: float = 30.0
+    #: Entries a reader may have waiting before it is detached from the shared read and
+    #: catches up on its own (protects the shared read from one slow client).
+    reader_queue: int = 1000
+    #: Timeout of one Redis command that is not a blocking read.
+    socket_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+                raise ConfigurationError(f"{field.name} must be positive, got {value!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read settings from ``environ`` (default ``os.environ``); ``overrides`` win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if env.get("REDIS_URL"):
+            values["redis_url"] = env["REDIS_URL"]
+        for field in dataclasses.fields(cls):
+            name = _ENV_PREFIX + field.name.upper()
+            if field.name != "redis_url" and name in env:
+                values[field.name] = _parse(name, env[name], field.type)
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(name: str, raw: str, kind: Any) -> Any:
+    kind = str(kind)
+    try:
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}={raw!r} is not a valid {kind}") from exc
+    return raw

@@ -1,0 +1,661 @@
+"""The per-process stream writer: callers append in microseconds, a background loop flushes.
+
+One ``StreamWriter`` per process (``shared_writer()``). Its flushes run on an asyncio loop in a
+daemon thread it owns. A write appends to an in-memory buffer under a lock and, only when the
+loop is idle, wakes it: an idle writer sends a chunk at once, and while a flush is in flight the
+next chunks gather for the next pipeline (adaptive batching, no fixed linger). Each flush is one
+non-transactional pipeline with one ``APPEND`` script call per run (``streaming.scripts``), so
+Redis assigns contiguous sequence numbers, fences stale writers and drops replayed chunks.
+
+Redis outages are retried with backoff, holding at most ``max_buffer_bytes``; a write that finds
+the buffer full waits up to ``buffer_timeout``; past ``unavailable_timeout`` writers get
+``StoreUnavailableError`` while the accepted chunks stay buffered until Redis returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import redis.asyncio as aredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import scripts
+from .client import async_client
+from .errors import (
+    BufferFullError,
+    RunBusyError,
+    RunClosedError,
+    StaleWriterError,
+    StoreUnavailableError,
+    StreamGoneError,
+    WriterError,
+    WriterStateError,
+)
+from .settings import Settings
+from .wire import RunKeys, Terminal, check_frame_size, encode_frame, terminal_frame
+
+__all__ = ["RunWriter", "StreamWriter", "WriterStats", "shared_writer"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+_BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
+
+
+class _NoRoom(Exception):
+    """The buffer is full and the caller asked not to block."""
+
+
+@dataclass
+class WriterStats:
+    """Counters of one writer (read them with ``StreamWriter.stats()``)."""
+
+    accepted: int = 0
+    written: int = 0
+    flushes: int = 0
+    retries: int = 0
+    buffered_bytes: int = 0
+    open_runs: int = 0
+
+
+@dataclass(eq=False)
+class _Run:
+    """Writer-side state of one run; guarded by the writer's lock."""
+
+    keys: RunKeys
+    token: str
+    attempt: int
+    seq: int
+    pending: deque[tuple[int, str, int]] = field(default_factory=deque)
+    accepted: int = 0  # local index of the last chunk accepted
+    acked: int = 0  # local index of the last chunk Redis stored
+    ending: Terminal | None = None
+    error: WriterError | None = None
+    cancel_requested: str = ""
+    refreshed: float = field(default_factory=time.monotonic)
+
+
+class StreamWriter:
+    """Writes runs' chunks to Redis streams through a background flush loop.
+
+    Thread-safe; ``start()`` it once per process (after fork), ``stop()`` it at shutdown.
+    ``client_factory`` builds the asyncio client on the writer's own loop (default: from
+    ``settings``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client_factory: Callable[[], aredis.Redis] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._client_factory = client_factory or (lambda: async_client(settings))
+        self._pid = os.getpid()
+        self._cond = threading.Condition()
+        self._runs: dict[str, _Run] = {}
+        self._dirty: dict[_Run, None] = {}
+        self._buffered = 0
+        self._wake_pending = False
+        self._stopping = False
+        self._outage_since: float | None = None
+        self._stats = WriterStats()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._client: aredis.Redis | None = None
+        self._done = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, timeout: float = 5.0) -> StreamWriter:
+        """Start the flush thread and wait (at most ``timeout`` s) until its loop runs.
+
+        Does no Redis I/O: a writer starts while Redis is down, and connects on first use.
+        """
+        self._check_process()
+        if self._thread is not None:
+            raise WriterStateError("writer already started")
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._thread_main, args=(ready,), name="streaming-writer", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(timeout):
+            raise WriterStateError(f"writer loop did not start within {timeout} s")
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Flush everything accepted, then stop the loop; waits at most ``timeout`` s.
+
+        Chunks Redis could not take within the timeout are dropped and logged with their
+        count: a stopped process cannot keep them.
+        """
+        if self._thread is None or os.getpid() != self._pid:
+            return
+        with self._cond:
+            self._stopping = True
+        self._wake()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            lost = sum(len(run.pending) for run in self._runs.values())
+            logger.error("writer stopped after %.1f s with %d chunks unsent", timeout, lost)
+            self._loop_call(self._cancel_all)
+            self._thread.join(1.0)
+        self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and not self._done.is_set()
+
+    def stats(self) -> WriterStats:
+        with self._cond:
+            self._stats.buffered_bytes = self._buffered
+            self._stats.open_runs = len(self._runs)
+            return WriterStats(**vars(self._stats))
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def open(self, run_id: str, *, token: str | None = None, wait: float = 0.0) -> RunWriter:
+        """Claim ``run_id`` for this writer and return its handle (blocks on Redis I/O).
+
+        A run another live writer holds raises ``RunBusyError`` after waiting up to ``wait``
+        seconds for its lease to lapse; an ended run raises ``RunClosedError``. A run claimed
+        before by another writer (a retried or redelivered task) goes on with the next seq
+        id, after a ``restarted`` event carrying the attempt number.
+        """
+        keys = RunKeys.for_run(run_id, hash_tag=self.settings.cluster_hash_tags)
+        token = token or uuid.uuid4().hex
+        deadline = time.monotonic() + self.settings.unavailable_timeout + wait
+        run = self._call(self._claim(keys, token, wait), deadline)
+        with self._cond:
+            self._runs[run_id] = run
+        handle = RunWriter(self, run)
+        if run.attempt > 1:
+            handle.send(json.dumps({"attempt": run.attempt}), event="restarted")
+        return handle
+
+    async def aopen(self, run_id: str, *, token: str | None = None, wait: float = 0.0) -> RunWriter:
+        """``open()`` for async callers (on any loop but the writer's)."""
+        return await asyncio.to_thread(self.open, run_id, token=token, wait=wait)
+
+    async def _claim(self, keys: RunKeys, token: str, wait: float) -> _Run:
+        give_up = time.monotonic() + wait
+        while True:
+            reply = await self._with_retry(
+                lambda: self._eval(scripts.CLAIM, keys, token, self._lease_ms(), self._ttl())
+            )
+            status = reply[0]
+            if status == "ok":
+                return _Run(keys, token, int(reply[1]), int(reply[2]), cancel_requested=reply[3])
+            if status == "ended":
+                raise RunClosedError(f"run {keys.run_id} already ended ({reply[1]})")
+            if time.monotonic() >= give_up:
+                raise RunBusyError(
+                    f"run {keys.run_id} is held by another live writer "
+                    f"(lease expires in {int(reply[1])} ms)"
+                )
+            await asyncio.sleep(min(max(int(reply[1]), 10) / 1000, 0.25,
+                                    max(give_up - time.monotonic(), 0.01)))
+
+    # -- the write path (any thread) -------------------------------------------------------
+
+    def _accept(
+        self, run: _Run, frame: str, ending: Terminal | None = None, *, block: bool = True
+    ) -> int:
+        size = len(frame)
+        with self._cond:
+            self._check_writable(run)
+            if self._buffered + size > self.settings.max_buffer_bytes:
+                if not block:
+                    raise _NoRoom
+                self._wait_for_room(run, size)
+            run.accepted += 1
+            run.pending.append((run.accepted, frame, int(time.time() * 1000)))
+            run.ending = ending
+            self._buffered += size
+            self._stats.accepted += 1
+            self._dirty[run] = None
+            wake = not self._wake_pending
+            self._wake_pending = True
+        if wake:
+            self._wake()
+        return run.accepted
+
+    def _check_writable(self, run: _Run) -> None:
+        if run.error is not None:
+            raise run.error
+        if run.ending is not None:
+            raise RunClosedError(f"run {run.keys.run_id} already ended ({run.ending})")
+        if self._stopping or self._thread is None:
+            raise WriterStateError("writer is not running: start() it first")
+        self._check_process()
+        if self._outage_since is not None:
+            down = time.monotonic() - self._outage_since
+            if down > self.settings.unavailable_timeout:
+                raise StoreUnavailableError(f"Redis unreachable for {down:.1f} s")
+
+    def _wait_for_room(self, run: _Run, size: int) -> None:
+        give_up = time.monotonic() + self.settings.buffer_timeout
+        while self._buffered + size > self.settings.max_buffer_bytes:
+            left = give_up - time.monotonic()
+            if left <= 0:
+                raise BufferFullError(
+                    f"writer buffer full ({self._buffered} of "
+                    f"{self.settings.max_buffer_bytes} bytes) for {self.settings.buffer_timeout} s"
+                )
+            self._cond.wait(left)
+            self._check_writable(run)
+
+    def _wait_acked(self, run: _Run, upto: int, timeout: float) -> None:
+        give_up = time.monotonic() + timeout
+        with self._cond:
+            while run.acked < upto and run.error is None:
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    raise self._unavailable(f"run {run.keys.run_id} not flushed in {timeout} s")
+                self._cond.wait(min(left, 0.5))
+            if run.error is not None:
+                raise run.error
+
+    def _unavailable(self, message: str) -> WriterError:
+        if self._outage_since is not None:
+            return StoreUnavailableError(f"{message}: Redis unreachable")
+        return WriterError(message)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every chunk accepted so far is stored (at most ``timeout`` s)."""
+        with self._cond:
+            targets = [(run, run.accepted) for run in self._runs.values()]
+        give_up = time.monotonic() + timeout
+        for run, upto in targets:
+            self._wait_acked(run, upto, max(give_up - time.monotonic(), 0.0))
+
+    def _forget(self, run: _Run) -> None:
+        with self._cond:
+            if self._runs.get(run.keys.run_id) is run:
+                del self._runs[run.keys.run_id]
+
+    # -- the flush loop (writer thread) ----------------------------------------------------
+
+    def _thread_main(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._wakeup = asyncio.Event()
+        ready.set()
+        try:
+            loop.run_until_complete(self._flush_loop())
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if self._client is not None:
+                loop.run_until_complete(self._client.aclose())
+            loop.close()
+            self._done.set()
+            with self._cond:
+                self._cond.notify_all()
+
+    async def _flush_loop(self) -> None:
+        assert self._wakeup is not None
+        refresh_every = self.settings.lease_ttl / 3
+        while True:
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), refresh_every)
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+            batch = self._take_batch()
+            if batch:
+                await self._send(batch)
+                continue
+            if self._stopping:
+                return
+            await self._refresh_quiet_runs(refresh_every)
+
+    def _take_batch(self) -> list[tuple[_Run, list[tuple[int, str, int]], bool]]:
+        """Move pending chunks of dirty runs into one batch, within the pipeline bound."""
+        batch = []
+        room = self.settings.max_pipeline_bytes
+        with self._cond:
+            self._wake_pending = False
+            while self._dirty and room > 0:
+                run = next(iter(self._dirty))
+                chunks: list[tuple[int, str, int]] = []
+                while run.pending and len(chunks) < self.settings.max_batch and room > 0:
+                    chunk = run.pending.popleft()
+                    room -= len(chunk[1])
+                    chunks.append(chunk)
+                last = not run.pending
+                if last:
+                    del self._dirty[run]
+                if chunks:
+                    batch.append((run, chunks, last and run.ending is not None))
+            if self._dirty:
+                self._wake_pending = True
+                self._wake_soon()
+        return batch
+
+    async def _send(self, batch: list[tuple[_Run, list[tuple[int, str, int]], bool]]) -> None:
+        try:
+            client = self._get_client()
+            async with client.pipeline(transaction=False) as pipe:
+                for run, chunks, ends in batch:
+                    pipe.evalsha(scripts.APPEND.sha, 3, *self._append_args(run, chunks, ends))
+                replies = await pipe.execute(raise_on_error=False)
+        except _TRANSIENT as exc:
+            await self._requeue(batch, exc)
+            return
+        self._outage_since = None
+        self._stats.flushes += 1
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            await self._load_scripts()
+        retry = [item for item, reply in zip(batch, replies, strict=True)
+                 if not self._settle(item[0], item[1], reply)]
+        if retry:
+            await self._requeue(retry, None)
+
+    def _append_args(self, run: _Run, chunks: list[tuple[int, str, int]], ends: bool) -> list[Any]:
+        keys = run.keys
+        ending = run.ending.value if ends and run.ending else ""
+        return [keys.stream, keys.meta, keys.lease, run.token, self._lease_ms(), self._ttl(),
+                self.settings.retention, self.settings.max_stream_length, chunks[0][0], ending,
+                chunks[-1][2], *(frame for _, frame, _ in chunks)]
+
+    def _settle(self, run: _Run, chunks: list[tuple[int, str, int]], reply: Any) -> bool:
+        """Record one run's reply; False when the chunks must be sent again."""
+        if isinstance(reply, NoScriptError) or _is_oom(reply):
+            return False
+        with self._cond:
+            if isinstance(reply, Exception):
+                run.error = _refusal(run, reply)
+                dropped = sum(len(frame) for _, frame, _ in run.pending) + _size(chunks)
+                run.pending.clear()
+                self._dirty.pop(run, None)
+                self._buffered -= dropped
+                logger.error("%s", run.error)
+            else:
+                run.seq, run.acked, run.cancel_requested = int(reply[0]), int(reply[1]), reply[2]
+                run.refreshed = time.monotonic()
+                self._buffered -= _size(chunks)
+                self._stats.written += len(chunks)
+            self._cond.notify_all()
+        return True
+
+    async def _requeue(self, batch: list[tuple[_Run, list[tuple[int, str, int]], bool]],
+                       exc: BaseException | None) -> None:
+        """Put a failed batch back in front of the pending chunks and back off."""
+        with self._cond:
+            for run, chunks, _ in batch:
+                if run.error is None:
+                    run.pending.extendleft(reversed(chunks))
+                    self._dirty[run] = None
+                else:
+                    self._buffered -= _size(chunks)
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+            self._stats.retries += 1
+            self._cond.notify_all()
+            down = time.monotonic() - self._outage_since
+        if exc is not None:
+            logger.warning("flush failed (%s), retrying; Redis down for %.1f s", exc, down)
+            await self._reset_client()
+        await asyncio.sleep(min(_BACKOFF_MIN * 2 ** min(self._stats.retries, 6), _BACKOFF_MAX))
+        self._wake_soon()
+
+    async def _refresh_quiet_runs(self, every: float) -> None:
+        """Keep the lease and TTLs of runs that wrote nothing for ``every`` seconds."""
+        now = time.monotonic()
+        with self._cond:
+            quiet = [run for run in self._runs.values()
+                     if run.error is None and run.ending is None and now - run.refreshed >= every]
+        if not quiet:
+            return
+        try:
+            async with self._get_client().pipeline(transaction=False) as pipe:
+                for run in quiet:
+                    pipe.evalsha(scripts.REFRESH.sha, 3, run.keys.stream, run.keys.meta,
+                                 run.keys.lease, run.token, self._lease_ms(), self._ttl())
+                replies = await pipe.execute(raise_on_error=False)
+        except _TRANSIENT as exc:
+            logger.warning("lease refresh failed: %s", exc)
+            await self._reset_client()
+            return
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            await self._load_scripts()
+            return
+        for run, reply in zip(quiet, replies, strict=True):
+            self._settle(run, [], reply if isinstance(reply, Exception) else
+                         [reply[0], run.acked, reply[2]])
+
+    # -- Redis plumbing (writer thread) ----------------------------------------------------
+
+    def _get_client(self) -> aredis.Redis:
+        if self._client is None:
+            self._client = self._client_factory()
+        return self._client
+
+    async def _reset_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.aclose()
+            except _TRANSIENT:
+                pass
+
+    async def _load_scripts(self) -> None:
+        client = self._get_client()
+        for script in (scripts.CLAIM, scripts.APPEND, scripts.REFRESH):
+            await client.script_load(script.source)
+
+    async def _eval(self, script: scripts.Script, keys: RunKeys, *args: Any) -> Any:
+        client = self._get_client()
+        try:
+            return await client.evalsha(script.sha, 3, keys.stream, keys.meta, keys.lease, *args)
+        except NoScriptError:
+            await self._load_scripts()
+            return await client.evalsha(script.sha, 3, keys.stream, keys.meta, keys.lease, *args)
+
+    async def _with_retry(self, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        delay = _BACKOFF_MIN
+        while True:
+            try:
+                return await call()
+            except _TRANSIENT as exc:
+                logger.warning("Redis unreachable (%s), retrying in %.2f s", exc, delay)
+                await self._reset_client()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+
+    def _lease_ms(self) -> int:
+        return int(self.settings.lease_ttl * 1000)
+
+    def _ttl(self) -> int:
+        return self.settings.stream_ttl
+
+    # -- thread plumbing -------------------------------------------------------------------
+
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:
+            raise WriterStateError(
+                f"this writer was created in process {self._pid} and cannot be used after "
+                "fork(); call shared_writer() in the child to get its own"
+            )
+
+    def _wake(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._wake_soon)
+            except RuntimeError:  # loop closed between the check and the call
+                pass
+
+    def _wake_soon(self) -> None:
+        assert self._wakeup is not None
+        self._wakeup.set()
+
+    def _loop_call(self, fn: Callable[[], None]) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn)
+
+    def _cancel_all(self) -> None:
+        for task in asyncio.all_tasks():
+            task.cancel()
+
+    def _call(self, coro: Coroutine[Any, Any, T], deadline: float) -> T:
+        """Run ``coro`` on the writer loop and wait for it until ``deadline``."""
+        self._check_process()
+        if self._loop is None or self._done.is_set():
+            coro.close()
+            raise WriterStateError("writer is not running: start() it first")
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise WriterStateError("blocking writer call made from the writer's own loop")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(max(deadline - time.monotonic(), 0.0))
+        except concurrent.futures.TimeoutError as exc:
+            future.cancel()
+            raise StoreUnavailableError(
+                f"Redis did not answer within {self.settings.unavailable_timeout} s"
+            ) from exc
+
+
+class RunWriter:
+    """The handle of one claimed run: send chunks, then end it exactly once."""
+
+    def __init__(self, writer: StreamWriter, run: _Run) -> None:
+        self._writer = writer
+        self._run = run
+
+    @property
+    def run_id(self) -> str:
+        return self._run.keys.run_id
+
+    @property
+    def attempt(self) -> int:
+        """Which claim of the run this is: 1 for the first, more after retries."""
+        return self._run.attempt
+
+    @property
+    def last_seq(self) -> int:
+        """The last seq id Redis has stored for this run."""
+        return self._run.seq
+
+    @property
+    def sent(self) -> int:
+        """Chunks this handle accepted (its ``restarted`` event included)."""
+        return self._run.accepted
+
+    @property
+    def cancel_requested(self) -> str:
+        """The reason given to ``request_cancel()``, as last seen by a flush; '' if none."""
+        return self._run.cancel_requested
+
+    @property
+    def ended(self) -> Terminal | None:
+        return self._run.ending
+
+    def send(self, data: str, event: str | None = None) -> int:
+        """Frame ``data`` as one SSE event and buffer it; returns its local index (from 1)."""
+        frame = encode_frame(data, event, limit=self._writer.settings.max_chunk_bytes)
+        return self._writer._accept(self._run, frame)
+
+    def send_frame(self, frame: str) -> int:
+        """Buffer an already framed SSE event (``data: ...\\n\\n``) as it is."""
+        if not isinstance(frame, str) or not frame.endswith("\n\n"):
+            raise WriterError("an SSE frame is text that ends with a blank line")
+        check_frame_size(frame, self._writer.settings.max_chunk_bytes)
+        return self._writer._accept(self._run, frame)
+
+    async def asend(self, data: str, event: str | None = None) -> int:
+        """``send()`` for async code: waits for buffer room without blocking the loop."""
+        frame = encode_frame(data, event, limit=self._writer.settings.max_chunk_bytes)
+        try:
+            return self._writer._accept(self._run, frame, block=False)
+        except _NoRoom:
+            return await asyncio.to_thread(self._writer._accept, self._run, frame)
+
+    def finish(
+        self, kind: Terminal = Terminal.DONE, message: str = "", *, type: str | None = None,
+        timeout: float = 30.0,
+    ) -> int:
+        """Write the run's one terminal entry and wait until all its chunks are stored.
+
+        Returns the last seq id. ``kind`` is done, error, cancelled, timeout or lost.
+        """
+        if self._run.ending is None:
+            self._writer._accept(self._run, terminal_frame(kind, message, type=type), kind)
+        self.flush(timeout)
+        self._writer._forget(self._run)
+        return self._run.seq
+
+    async def afinish(self, kind: Terminal = Terminal.DONE, message: str = "", *,
+                      type: str | None = None, timeout: float = 30.0) -> int:
+        return await asyncio.to_thread(self.finish, kind, message, type=type, timeout=timeout)
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait until every chunk this handle accepted is stored; returns the last seq id."""
+        self._writer._wait_acked(self._run, self._run.accepted, timeout)
+        return self._run.seq
+
+    async def aflush(self, timeout: float = 10.0) -> int:
+        return await asyncio.to_thread(self.flush, timeout)
+
+    def release(self) -> None:
+        """Forget the run without ending it (its lease lapses; readers then see it lost)."""
+        self._writer._forget(self._run)
+
+
+def _size(chunks: list[tuple[int, str, int]]) -> int:
+    return sum(len(frame) for _, frame, _ in chunks)
+
+
+def _is_oom(reply: Any) -> bool:
+    return isinstance(reply, ResponseError) and str(reply).startswith("OOM")
+
+
+def _refusal(run: _Run, reply: Exception) -> WriterError:
+    text = str(reply)
+    name = run.keys.run_id
+    if text.startswith("STALE"):
+        return StaleWriterError(f"run {name}: {text[6:]}")
+    if text.startswith("CLOSED"):
+        return RunClosedError(f"run {name}: {text[7:]}")
+    if text.startswith("GONE"):
+        return StreamGoneError(f"run {name}: {text[5:]}")
+    return WriterError(f"run {name}: Redis refused the write: {text}")
+
+
+_shared: tuple[int, StreamWriter] | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_writer(settings: Settings | None = None, *, start_timeout: float = 5.0) -> StreamWriter:
+    """This process's writer, created and started on first use (again in a forked child)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or _shared[0] != os.getpid():
+            writer = StreamWriter(settings or Settings.from_env()).start(start_timeout)
+            _shared = (os.getpid(), writer)
+        return _shared[1]
+
+
+def _forget_shared_after_fork() -> None:
+    global _shared, _shared_lock
+    _shared = None
+    _shared_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_shared_after_fork)
