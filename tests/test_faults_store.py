@@ -53,7 +53,7 @@ def test_full_memory_fails_writes_within_the_bound(private_server, settings, run
         admin.config_set("maxmemory", admin.info("memory")["used_memory"] + 128 * 1024)
         accepted, full = 1, 0
         deadline = time.monotonic() + 30
-        with pytest.raises(StoreUnavailableError, match="out of memory|maxmemory"):
+        with pytest.raises(StoreUnavailableError, match=r"out of memory|maxmemory"):
             while time.monotonic() < deadline:
                 try:
                     run.send(f"{accepted:06}" + "x" * 994)
