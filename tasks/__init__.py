@@ -1,0 +1,5 @@
+"""Thin Celery tasks and the generators they run.
+
+``tasks.generate`` (in ``tasks.generate``) runs a registered generator into a run's stream;
+``tasks.api`` starts, cancels and looks up runs from any process (it imports no task code).
+"""
