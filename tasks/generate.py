@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Task, shared_task
 
+from .errors import RunRefused
 from .execute import execute
 
 __all__ = ["GENERATE", "generate"]
@@ -13,7 +14,8 @@ __all__ = ["GENERATE", "generate"]
 GENERATE = "tasks.generate"
 
 
-@shared_task(bind=True, name=GENERATE)
+# A refused run (unknown generator, bad params) is the caller's error: logged without traceback.
+@shared_task(bind=True, name=GENERATE, throws=(RunRefused,))
 def generate(self: Task, run_id: str, generator: str, params: object = None) -> dict[str, Any]:
     """Stream the registered ``generator``'s output with ``params`` (a JSON object) into the
     run ``run_id``; returns a summary: chunks, bytes, seconds, ending, last_seq."""

@@ -44,7 +44,7 @@ class Summary:
 
     def progress(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "attempt": self.attempt, "chunks": self.chunks,
-                "last_seq": self.last_seq, "pid": os.getpid()}
+                "last_seq": self.last_seq, "worker_pid": os.getpid()}
 
     def as_dict(self) -> dict[str, Any]:
         seconds = round(time.monotonic() - self.started, 3)
