@@ -1,0 +1,91 @@
+"""Helpers and test-only generators of the Celery-side tests (one module, imported once)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import redis
+
+from streaming.reader import read_events
+from streaming.settings import Settings
+from streaming.wire import Event as StreamEvent
+from tasks.framing import Event
+from tasks.registry import Params, RunContext, register
+
+
+def stream_settings(redis_url: str, **changes: Any) -> Settings:
+    """Writer and reader settings for worker tests: short leases, a reader that waits for
+    queued runs (producer_timeout) longer than any test needs."""
+    values: dict[str, Any] = dict(redis_url=redis_url, lease_ttl=1.0, liveness_interval=0.5,
+                                  producer_timeout=15.0, block_timeout=1.0)
+    return Settings(**(values | changes))
+
+
+def read_run(client: redis.Redis, run_id: str, settings: Settings,
+             starting_after: int = 0) -> list[StreamEvent]:
+    """Every event of the run until its ending (bounded by the reader's producer_timeout)."""
+    return list(read_events(client, run_id, settings, starting_after=starting_after))
+
+
+def texts(events: list[StreamEvent]) -> str:
+    return "".join(json.loads(e.data).get("text", "") for e in events
+                   if e.terminal is None and e.event == "message")
+
+
+# -- test-only generators (registered in this process only) -------------------------------
+
+#: What the test generators observed, by run id.
+observed: dict[str, dict[str, Any]] = {}
+
+
+class TickParams(Params):
+    interval: float = 0.25
+    count: int = 1000
+
+
+@register("test.ticks", TickParams)
+def ticks(params: TickParams, context: RunContext) -> Iterator[str]:
+    """A sync generator that records whether it was closed."""
+    seen = observed.setdefault(context.run_id, {"closed": False})
+    try:
+        for index in range(params.count):
+            yield f"tick {index}"
+            time.sleep(params.interval)
+    finally:
+        seen["closed"] = True
+
+
+class FlakyParams(Params):
+    fail_attempts: int = 1
+    chunks: int = 3
+
+
+class Flaky(ConnectionError):
+    """A transient failure: the task retries it."""
+
+
+@register("test.flaky", FlakyParams, retry_for=(Flaky,))
+def flaky(params: FlakyParams, context: RunContext) -> Iterator[dict[str, Any]]:
+    for index in range(params.chunks):
+        yield {"attempt": context.attempt, "index": index}
+    if context.attempt <= params.fail_attempts:
+        raise Flaky(f"attempt {context.attempt} lost its upstream")
+
+
+class MixedParams(Params):
+    bad: bool = False
+
+
+@register("test.mixed", MixedParams)
+async def mixed(params: MixedParams, context: RunContext) -> AsyncIterator[Any]:
+    yield "plain text"
+    yield {"json": True}
+    yield [1, 2]
+    yield Event("status", "thinking")
+    yield Event("usage", {"tokens": 3})
+    yield "two\nlines"
+    if params.bad:
+        yield 42
