@@ -1,7 +1,7 @@
 """The Celery app of the stream workers: ``celery -A worker worker`` starts one.
 
-``worker.app`` is built on first access from the environment (see ``worker.config``), so
-importing this package reads nothing and connects to nothing.
+``worker.app`` is built on first access from the environment (see ``worker.config``): importing
+this package reads no variable and connects to nothing.
 """
 
 from __future__ import annotations
@@ -9,7 +9,12 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-__all__ = ["app"]
+# Imported now (no side effects), not on first access: `celery -A` puts the working directory
+# on sys.path only while it imports this package.
+from .config import WorkerConfig
+from .factory import StreamingCelery, create_app
+
+__all__ = ["StreamingCelery", "WorkerConfig", "app", "create_app"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,8 +24,5 @@ def __getattr__(name: str) -> Any:
 
 
 @cache
-def _app() -> Any:
-    from .config import WorkerConfig
-    from .factory import create_app
-
+def _app() -> StreamingCelery:
     return create_app(WorkerConfig.from_env())
