@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -89,3 +90,19 @@ async def mixed(params: MixedParams, context: RunContext) -> AsyncIterator[Any]:
     yield "two\nlines"
     if params.bad:
         yield 42
+
+
+class StubbornParams(Params):
+    seconds: float = 30.0
+
+
+@register("test.stubborn", StubbornParams)
+def stubborn(params: StubbornParams, context: RunContext) -> Iterator[str]:
+    """Ignores the soft time limit: only the hard one (the child is killed) stops it."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    yield "started"
+    deadline = time.monotonic() + params.seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(SoftTimeLimitExceeded):
+            time.sleep(max(deadline - time.monotonic(), 0))
