@@ -15,6 +15,7 @@ import pytest
 import redis
 import worker_helpers  # noqa: F401  (registers the test generators in this process)
 from celery.contrib.testing.worker import start_worker
+from chat_server import ChatServer
 from worker_helpers import stream_settings
 
 from streaming.client import sync_client
@@ -24,10 +25,20 @@ from worker.factory import StreamingCelery, create_app
 
 
 @pytest.fixture(scope="session")
-def worker_config(redis_url: str) -> WorkerConfig:
+def chat_server() -> Iterator[ChatServer]:
+    """A local OpenAI-compatible chat-completions server."""
+    server = ChatServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def worker_config(redis_url: str, chat_server: ChatServer) -> WorkerConfig:
     return WorkerConfig(streaming=stream_settings(redis_url), broker_url=redis_url,
                         result_backend=redis_url, queue=f"test-{uuid.uuid4().hex}",
-                        cancel_check_interval=0.1, progress_interval=0.2)
+                        cancel_check_interval=0.1, progress_interval=0.2,
+                        openai_base_url=chat_server.url, openai_model="test-model",
+                        openai_api_key="sk-test-key")
 
 
 @pytest.fixture(scope="session")
