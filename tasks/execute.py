@@ -68,6 +68,15 @@ class Attempt:
         self._next_report = 0.0
 
     def run(self, generator: str, params: object) -> dict[str, Any]:
+        try:
+            return self._run(generator, params)
+        except FencedError:  # from any write, the ending's included: a newer attempt has it
+            logger.warning("run %s was taken over by a newer attempt; this one stops quietly",
+                           self.run_writer.run_id)
+            self.summary.ending = "fenced"
+            return self.summary.as_dict()
+
+    def _run(self, generator: str, params: object) -> dict[str, Any]:
         if self.run_writer.attempt > self.config.max_attempts:
             return self._end(Terminal.LOST, f"the run was started {self.run_writer.attempt} "
                              "times without ending (its worker was lost each time); giving up")
@@ -80,10 +89,7 @@ class Attempt:
         try:
             self._stream(spec, parsed)
         except FencedError:
-            logger.warning("run %s was taken over by a newer attempt; this one stops",
-                           self.run_writer.run_id)
-            self.summary.ending = "fenced"
-            return self.summary.as_dict()
+            raise
         except SoftTimeLimitExceeded:
             self._end(Terminal.TIMEOUT, f"the run exceeded its time limit ({self._limit()} s)")
             raise

@@ -138,3 +138,24 @@ def test_run_ids_carry_128_random_bits():
     ids = {new_run_id() for _ in range(1000)}
     assert len(ids) == 1000
     assert all(len(run_id) == len("run-") + 32 for run_id in ids)
+
+
+def test_process_init_starts_the_writer_at_once_with_redis_down_and_shutdown_stops_it():
+    code = """if True:
+        import time
+        from celery import signals
+        from streaming.embedded import free_port
+        from worker.config import WorkerConfig
+        from worker.factory import create_app
+
+        app = create_app(WorkerConfig.from_env({"REDIS_URL": f"redis://127.0.0.1:{free_port()}"}))
+        started = time.monotonic()
+        signals.worker_process_init.send(sender="test")
+        took = time.monotonic() - started
+        writer = app.stream_writer()
+        assert writer.running and took < 1.0, took
+        signals.worker_process_shutdown.send(sender="test", pid=0, exitcode=0)
+        assert not writer.running
+    """
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=60)

@@ -276,3 +276,13 @@ def test_start_returns_a_pending_unguessable_run_with_secrets_hidden(
         assert runs.cancel(f"run-{uuid.uuid4().hex}") is False  # unknown run
     finally:
         redis_client.delete(config.queue)
+
+
+def test_a_stale_attempt_is_fenced_off_and_ends_quietly(runs, stream_app, reader_client,
+                                                        worker_config):
+    run_id = runs.start("test.usurped")
+    assert stream_app.AsyncResult(run_id).get(timeout=20)["ending"] == "fenced"
+    events = read_run(reader_client, run_id, worker_config.streaming)
+    assert [(e.event, e.data) for e in events] == [
+        ("message", "from the stale attempt"), ("restarted", '{"attempt": 2}'),
+        ("message", "from the newer attempt"), ("message", "[DONE]")]

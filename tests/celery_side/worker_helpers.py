@@ -106,3 +106,32 @@ def stubborn(params: StubbornParams, context: RunContext) -> Iterator[str]:
     while time.monotonic() < deadline:
         with contextlib.suppress(SoftTimeLimitExceeded):
             time.sleep(max(deadline - time.monotonic(), 0))
+
+
+class UsurpedParams(Params):
+    pass
+
+
+@register("test.usurped", UsurpedParams)
+def usurped(params: UsurpedParams, context: RunContext) -> Iterator[str]:
+    """Yields, then a newer attempt takes the run over as if this one's lease had lapsed."""
+    from streaming.client import sync_client
+    from streaming.wire import RunKeys
+    from streaming.writer import StreamWriter
+
+    yield "from the stale attempt"
+    time.sleep(0.3)  # its chunk is stored
+    settings = context.config.streaming
+    client = sync_client(settings)
+    client.delete(RunKeys.for_run(context.run_id).lease)  # the lease lapses...
+    client.close()
+    writer = StreamWriter(settings).start()
+    try:
+        newer = writer.open(context.run_id)  # ...and a redelivered copy claims the run
+        newer.send("from the newer attempt")
+        newer.finish()
+    finally:
+        writer.stop()
+    for index in range(20):
+        yield f"refused {index}"
+        time.sleep(0.05)
