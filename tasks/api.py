@@ -28,9 +28,9 @@ from streaming.settings import Settings
 from streaming.wire import validate_run_id
 from worker.config import WorkerConfig, celery_settings
 
-__all__ = ["GENERATE", "Runs", "new_run_id", "redact"]
+from . import GENERATE
 
-GENERATE = "tasks.generate"
+__all__ = ["Runs", "new_run_id", "redact"]
 #: Params whose names match this are shown as ``'***'`` in Flower and logs.
 SECRET = re.compile(r"key|token|secret|password|passwd|authorization|credential", re.I)
 _POLL = 0.1

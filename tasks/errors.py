@@ -3,6 +3,7 @@
     RunRefused
     ├── UnknownGenerator: the message names no registered generator
     ├── InvalidParams: params that are not a JSON object or do not fit the generator
+    ├── GeneratorUnavailable: this worker lacks what the generator needs (e.g. an API key)
     └── UnsupportedChunk: the generator yielded something that is not text, JSON or an Event
 
 Each ends the run with an ``error`` entry whose ``type`` is the class name.
@@ -10,7 +11,9 @@ Each ends the run with an ``error`` entry whose ``type`` is the class name.
 
 from __future__ import annotations
 
-__all__ = ["InvalidParams", "RunRefused", "UnknownGenerator", "UnsupportedChunk"]
+__all__ = [
+    "GeneratorUnavailable", "InvalidParams", "RunRefused", "UnknownGenerator", "UnsupportedChunk",
+]
 
 
 class RunRefused(Exception):
@@ -23,6 +26,10 @@ class UnknownGenerator(RunRefused):
 
 class InvalidParams(RunRefused):
     """The run's params do not fit its generator."""
+
+
+class GeneratorUnavailable(RunRefused):
+    """The generator cannot run on this worker: its configuration is missing."""
 
 
 class UnsupportedChunk(RunRefused):

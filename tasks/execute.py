@@ -65,6 +65,8 @@ class Attempt:
         self.run_writer = run
         self.summary = Summary(run.run_id, run.attempt)
         self.watch = CancelWatch(run, self._read_cancel_flag, config.cancel_check_interval)
+        hash_tag = config.streaming.cluster_hash_tags
+        self._meta_key = RunKeys.for_run(run.run_id, hash_tag=hash_tag).meta
         self._next_report = 0.0
 
     def run(self, generator: str, params: object) -> dict[str, Any]:
@@ -131,10 +133,8 @@ class Attempt:
         return self.summary.as_dict()
 
     def _read_cancel_flag(self) -> str:
-        settings = self.config.streaming
-        key = RunKeys.for_run(self.run_writer.run_id, hash_tag=settings.cluster_hash_tags).meta
         try:
-            return self.task.app.redis.hget(key, "cancel") or ""
+            return self.task.app.redis.hget(self._meta_key, "cancel") or ""
         except redis.RedisError as exc:  # the writer's next flush brings the flag back too
             logger.warning("could not read the cancel flag of %s: %s", self.run_writer.run_id, exc)
             return ""

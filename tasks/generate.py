@@ -6,12 +6,11 @@ from typing import Any
 
 from celery import Task, shared_task
 
+from . import GENERATE
 from .errors import RunRefused
 from .execute import execute
 
-__all__ = ["GENERATE", "generate"]
-
-GENERATE = "tasks.generate"
+__all__ = ["generate"]
 
 
 # A refused run (unknown generator, bad params) is the caller's error: logged without traceback.

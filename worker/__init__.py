@@ -9,8 +9,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-# Imported now (no side effects), not on first access: `celery -A` puts the working directory
-# on sys.path only while it imports this package.
+# Imported now, not on first access: `celery -A` puts the working directory on sys.path only
+# while it imports this package. None of these modules has side effects at import.
 from .config import WorkerConfig
 from .factory import StreamingCelery, create_app
 

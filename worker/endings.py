@@ -23,6 +23,7 @@ from celery.exceptions import TimeLimitExceeded
 
 from streaming.errors import RunBusyError, RunClosedError, StreamingError
 from streaming.wire import Terminal
+from tasks import GENERATE
 
 if TYPE_CHECKING:
     from .factory import StreamingCelery
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["connect", "end_run"]
 
 logger = logging.getLogger(__name__)
-GENERATE = "tasks.generate"
 _ending: set[str] = set()
 _ending_lock = threading.Lock()
 

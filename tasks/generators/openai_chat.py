@@ -14,7 +14,7 @@ from typing import Any, Literal
 import openai
 from pydantic import Field, model_validator
 
-from ..errors import InvalidParams
+from ..errors import GeneratorUnavailable
 from ..framing import Event
 from ..registry import Params, RunContext, register
 
@@ -63,7 +63,7 @@ def _request(params: ChatParams, context: RunContext) -> dict[str, Any]:
 async def chat(params: ChatParams, context: RunContext) -> AsyncIterator[Any]:
     config = context.config
     if not config.openai_base_url and not config.openai_api_key:
-        raise InvalidParams("the worker has no OPENAI_API_KEY or OPENAI_BASE_URL configured")
+        raise GeneratorUnavailable("this worker has no OPENAI_API_KEY or OPENAI_BASE_URL set")
     client = openai.AsyncOpenAI(
         base_url=config.openai_base_url, api_key=config.openai_api_key or "unset",
         max_retries=0,  # retries are the task's: the run continues with a `restarted` event

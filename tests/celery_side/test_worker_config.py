@@ -78,6 +78,26 @@ def test_celery_cli_without_redis_url_fails_naming_it():
     assert "REDIS_URL is not set" in done.stderr + done.stdout
 
 
+def test_the_celery_command_loads_the_app_from_a_checkout():
+    celery = Path(sys.executable).with_name("celery")
+    if not celery.exists():
+        pytest.skip("no celery console script beside this interpreter")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["REDIS_URL"] = "redis://127.0.0.1:1/0"  # `report` connects to nothing
+    done = subprocess.run([str(celery), "-A", "worker", "report"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "task_acks_late: True" in done.stdout
+
+
+def test_the_runs_api_imports_no_task_or_generator_code():
+    code = ("import sys, tasks.api;"
+            "loaded = [m for m in ('tasks.execute', 'tasks.generate', 'tasks.generators',"
+            " 'openai', 'pydantic') if m in sys.modules];"
+            "assert not loaded, loaded")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
 def test_importing_the_packages_reads_and_starts_nothing():
     code = ("import os, threading, worker, tasks, tasks.api, tasks.generate, tasks.generators;"
             "assert threading.active_count() == 1, threading.enumerate();"
