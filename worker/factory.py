@@ -26,9 +26,10 @@ class StreamingCelery(Celery):
         self.redis: redis.Redis = sync_client(config.streaming)
         self._writer: StreamWriter | None = None
 
-    def stream_writer(self) -> StreamWriter:
-        """This process's stream writer, started on first use (after fork, in each child)."""
-        self._writer = shared_writer(self.config.streaming)
+    def stream_writer(self, start_timeout: float = 2.0) -> StreamWriter:
+        """This process's stream writer, started on first use (after fork, in each child);
+        starting waits at most ``start_timeout`` s for its thread (it does no I/O)."""
+        self._writer = shared_writer(self.config.streaming, start_timeout=start_timeout)
         return self._writer
 
     def stop_stream_writer(self, timeout: float) -> None:

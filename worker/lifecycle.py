@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 __all__ = ["connect"]
 
 logger = logging.getLogger(__name__)
-#: Bounds on starting (thread handshake) and stopping (final flush) a writer.
+#: Bounds on starting (thread handshake; Celery allows process init 4 s) and stopping (final
+#: flush) a writer.
 START_TIMEOUT = 2.0
 STOP_TIMEOUT = 10.0
 
@@ -52,7 +53,7 @@ def connect(app: StreamingCelery) -> None:
 
 def _start(app: StreamingCelery) -> None:
     try:
-        app.stream_writer()
+        app.stream_writer(START_TIMEOUT)
     except StreamingError:  # tasks retry on first use; the process itself must come up
         logger.exception("the stream writer did not start")
 
