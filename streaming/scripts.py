@@ -117,7 +117,8 @@ return {tonumber(m[1]), tonumber(m[2]), m[3] or ''}
 
 # KEYS: meta1, lease1, stream1, meta2, ... (one slot in a cluster: call it per run there).
 # -> for each run {state, last seq, attempt, end kind, type of the stream key};
-#    state: missing | pending | live | idle | ended
+#    state: missing | pending | live | idle | ended. Only a string is a lease: a key of another
+#    kind under a lease's name must not keep readers waiting for a producer forever.
 STATUS = Script("status", """#!lua flags=no-writes
 local out = {}
 for i = 1, #KEYS, 3 do
@@ -128,7 +129,7 @@ for i = 1, #KEYS, 3 do
   end
   local state
   if m[3] then state = 'ended'
-  elseif redis.call('EXISTS', KEYS[i + 1]) == 1 then state = 'live'
+  elseif redis.call('TYPE', KEYS[i + 1])['ok'] == 'string' then state = 'live'
   elseif m[2] == '0' then state = 'pending'
   elseif m[2] then state = 'idle'
   else state = 'missing' end
