@@ -26,7 +26,16 @@ class Script:
 
 # KEYS: stream, meta, lease. ARGV: token, lease_ms, ttl.
 # -> {"ok", attempt, last seq, cancel} | {"busy", lease pttl} | {"ended", end kind, last seq}
+#    | {"wrongtype", key, its type}: a key of the run holds another kind of value (someone
+#    else's key: left as it is, expiry included)
 CLAIM = Script("claim", """#!lua
+local kinds = {'stream', 'hash', 'string'}
+for i = 1, 3 do
+  local kind = redis.call('TYPE', KEYS[i])['ok']
+  if kind ~= 'none' and kind ~= kinds[i] then
+    return {'wrongtype', KEYS[i], kind}
+  end
+end
 local ended = redis.call('HGET', KEYS[2], 'end')
 if ended then
   return {'ended', ended, tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')}

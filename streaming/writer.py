@@ -176,7 +176,8 @@ class StreamWriter:
         """Claim ``run_id`` for this writer and return its handle (blocks on Redis I/O).
 
         A run another live writer holds raises ``RunBusyError`` after waiting up to ``wait``
-        seconds for its lease to lapse; an ended run raises ``RunClosedError``. A run claimed
+        seconds for its lease to lapse; an ended run raises ``RunClosedError``, and one whose
+        keys hold another kind of value (someone else's) ``WriterError``. A run claimed
         before by another writer (a retried or redelivered task) goes on with the next seq
         id, after a ``restarted`` event carrying the attempt number. ``announce_restart=False``
         leaves that event out: for a claim made only to write the ending of a run whose
@@ -210,6 +211,9 @@ class StreamWriter:
                 return _Run(keys, token, int(reply[1]), int(reply[2]), cancel_requested=reply[3])
             if status == "ended":
                 raise RunClosedError(f"run {keys.run_id} already ended ({reply[1]})")
+            if status == "wrongtype":
+                raise WriterError(f"run {keys.run_id}: {reply[1]} holds a {reply[2]}, "
+                                  "not this run's data; it was left as it is")
             if time.monotonic() >= give_up:
                 raise RunBusyError(
                     f"run {keys.run_id} is held by another live writer "
