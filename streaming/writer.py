@@ -259,10 +259,13 @@ class StreamWriter:
         if outage and self._outage_since is not None:
             down = time.monotonic() - self._outage_since
             if down > self.settings.unavailable_timeout:
-                raise StoreUnavailableError(
-                    f"Redis unreachable or refusing writes for {down:.1f} s "
-                    f"(last: {self._outage_reason})"
-                )
+                raise StoreUnavailableError(self._outage())
+
+    def _outage(self) -> str:
+        assert self._outage_since is not None
+        down = time.monotonic() - self._outage_since
+        return (f"Redis unreachable or refusing writes for {down:.1f} s "
+                f"(last: {self._outage_reason})")
 
     def _wait_for_room(self, run: _Run, size: int, timeout: float | None, *,
                        outage: bool) -> None:
@@ -271,9 +274,12 @@ class StreamWriter:
         while self._buffered + size > self.settings.max_buffer_bytes:
             left = give_up - time.monotonic()
             if left <= 0:
+                # Say why when Redis is the cause (down, or out of memory): the run's
+                # ending carries this message to its readers.
+                why = f": {self._outage()}" if self._outage_since is not None else ""
                 raise BufferFullError(
                     f"writer buffer full ({self._buffered} of "
-                    f"{self.settings.max_buffer_bytes} bytes) for {timeout} s"
+                    f"{self.settings.max_buffer_bytes} bytes) for {timeout} s{why}"
                 )
             self._cond.wait(left)
             self._check_writable(run, outage=outage)
