@@ -39,6 +39,9 @@ __all__ = ["HubReader", "ReaderHub"]
 logger = logging.getLogger(__name__)
 _BATCH = 500
 _STATUS_KEYS = 300  # runs per STATUS call
+#: Connections of the non-blocking commands (catch-up reads, status checks) of every reader:
+#: a burst of new readers waits its turn on these instead of opening one connection each.
+_POOL = 16
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -209,7 +212,7 @@ class ReaderHub:
                  connections: int = 1) -> None:
         self.settings = settings
         self._own_client = client is None
-        self.client = client or async_client(settings, reader=True)
+        self.client = client or async_client(settings, reader=True, max_connections=_POOL)
         self._connections = connections
         self._shards: list[_Shard] = []
         self.readers = 0
