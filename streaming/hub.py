@@ -310,13 +310,15 @@ class HubReader:
 
     async def _catch_up(self) -> AsyncIterator[Event]:
         cursor = self.cursor
+        # A reader whose client does not read holds its batch: reader_queue bounds it here too.
+        count = min(_BATCH, self.hub.settings.reader_queue)
         while not cursor.done:
             reply = xread_reply(await self.hub.client.xread(
-                {cursor.keys.stream: cursor.last_id}, count=_BATCH))
+                {cursor.keys.stream: cursor.last_id}, count=count))
             entries = reply[0][1] if reply else []
             for event in cursor.feed(entries):
                 yield event
-            if len(entries) < _BATCH:
+            if len(entries) < count:
                 return
 
     async def _follow(self) -> AsyncIterator[Event]:
