@@ -14,6 +14,26 @@ import redis
 
 _ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
+#: How each key of a run may hold another kind of value, and the command that makes it so.
+FOREIGN = [
+    ("stream", "string", lambda c, k: c.set(k, "foreign")),
+    ("stream", "hash", lambda c, k: c.hset(k, "field", "foreign")),
+    ("stream", "list", lambda c, k: c.rpush(k, "foreign")),
+    ("stream", "set", lambda c, k: c.sadd(k, "foreign")),
+    ("stream", "zset", lambda c, k: c.zadd(k, {"foreign": 1})),
+    ("meta", "string", lambda c, k: c.set(k, "foreign")),
+    ("meta", "list", lambda c, k: c.rpush(k, "foreign")),
+    ("lease", "hash", lambda c, k: c.hset(k, "field", "foreign")),
+]
+#: What a reader may send for such a run: connection set-up and the STATUS script (the keys'
+#: types and the run's own status fields), never a read of the foreign value.
+STATUS_ONLY = {"HELLO", "CLIENT", "PING", "EVAL", "EVALSHA", "TYPE", "HMGET"}
+
+
+def foreign_id(value: object) -> str:
+    """Test ids of ``FOREIGN`` parameters: the key and the kind, not the function."""
+    return value if isinstance(value, str) else ""
+
 
 class Monitor:
     """Records every command the server at ``url`` executes, scripts' inner commands included.

@@ -25,7 +25,7 @@ from streaming import (
 )
 from streaming.client import sync_client
 from streaming.wire import MAX_SEQ, RunKeys
-from tests.monitor import Monitor, keys_of, names_of
+from tests.monitor import FOREIGN, STATUS_ONLY, Monitor, foreign_id, keys_of, names_of
 
 pytestmark = pytest.mark.fault
 
@@ -33,26 +33,6 @@ BAD_CURSORS = ["abc", "-1", "$", "1.0", "", " 1", "0x10", "1e3", "\uff11", "9999
                str(MAX_SEQ + 1), -1, MAX_SEQ + 1, 1.5, True, b"1", [1]]
 BAD_RUN_IDS = ["x" * 129, "a\x00b", "a\nb", "a\rb", "a\tb", "*", "run-*", "a b", "sse:run:x",
                "a:meta", "..\u00e9", "", None, 5, b"run"]
-#: How each key of a run may be of another kind, and the command that makes it so.
-FOREIGN = [
-    ("stream", "string", lambda c, k: c.set(k, "foreign")),
-    ("stream", "hash", lambda c, k: c.hset(k, "field", "foreign")),
-    ("stream", "list", lambda c, k: c.rpush(k, "foreign")),
-    ("stream", "set", lambda c, k: c.sadd(k, "foreign")),
-    ("stream", "zset", lambda c, k: c.zadd(k, {"foreign": 1})),
-    ("meta", "string", lambda c, k: c.set(k, "foreign")),
-    ("meta", "list", lambda c, k: c.rpush(k, "foreign")),
-    ("lease", "hash", lambda c, k: c.hset(k, "field", "foreign")),
-]
-#: What a reader may send for such a run: connection set-up and the STATUS script (types and
-#: the run's own status fields), never a read of the foreign value.
-STATUS_ONLY = {"HELLO", "CLIENT", "PING", "EVAL", "EVALSHA", "TYPE", "HMGET", "EXISTS"}
-
-
-def _ids(value):
-    return value if isinstance(value, str) else ""
-
-
 @pytest.fixture
 def watched(private_server) -> Iterator[tuple[Settings, Monitor, redis.Redis]]:
     local = Settings(redis_url=private_server.url, lease_ttl=1.0, liveness_interval=0.5,
@@ -130,7 +110,7 @@ async def test_the_hub_refuses_bad_input_before_any_command(watched):
         assert hub.stats()["readers"] == 0
 
 
-@pytest.mark.parametrize(("which", "kind", "make"), FOREIGN, ids=_ids)
+@pytest.mark.parametrize(("which", "kind", "make"), FOREIGN, ids=foreign_id)
 def test_a_key_of_another_kind_ends_a_reader_at_once_reading_nothing_else(
         watched, run_id, which, kind, make):
     local, monitor, admin = watched
@@ -146,7 +126,7 @@ def test_a_key_of_another_kind_ends_a_reader_at_once_reading_nothing_else(
     client.close()
 
 
-@pytest.mark.parametrize(("which", "kind", "make"), FOREIGN, ids=_ids)
+@pytest.mark.parametrize(("which", "kind", "make"), FOREIGN, ids=foreign_id)
 async def test_a_key_of_another_kind_ends_a_hub_reader_at_once(watched, run_id, which, kind,
                                                                 make):
     local, monitor, admin = watched
@@ -165,7 +145,7 @@ async def _collect(hub, run_id):
     return [event async for event in hub.read(run_id)]
 
 
-@pytest.mark.parametrize(("which", "kind", "make"), FOREIGN, ids=_ids)
+@pytest.mark.parametrize(("which", "kind", "make"), FOREIGN, ids=foreign_id)
 def test_the_writer_refuses_a_run_whose_keys_hold_another_kind(watched, run_id, which, kind,
                                                                make):
     """A run id that names someone else's key: a clear error, and that key keeps its value
