@@ -129,6 +129,8 @@ class _Shard:
     async def _read_once(self) -> None:
         if self.client_id is None:
             self.client_id = int(await self.client.client_id())
+            if not self.pos:
+                return  # every reader left while the connection was set up
         settings = self.hub.settings
         block = min(settings.block_timeout, settings.liveness_interval)
         self.reading = dict(self.pos)
