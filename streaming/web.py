@@ -113,12 +113,14 @@ class StreamEndpoints:
                  retry_ms: int | None = None, hub: ReaderHub | None = None) -> None:
         self.settings = settings
         self.signer = TokenSigner(settings.token_secret) if settings.token_secret else None
-        if auth is None and self.signer is None:
-            raise ConfigurationError(
-                "stream endpoints need STREAMING_TOKEN_SECRET (settings.token_secret) "
-                "or an auth hook"
-            )
-        self.auth: AuthHook = auth or TokenAuth(self.signer)  # type: ignore[arg-type]
+        if auth is None:
+            if self.signer is None:
+                raise ConfigurationError(
+                    "stream endpoints need STREAMING_TOKEN_SECRET (settings.token_secret) "
+                    "or an auth hook"
+                )
+            auth = TokenAuth(self.signer)
+        self.auth = auth
         self.retry_ms = retry_ms
         self._hub = hub
         self._own_hub = hub is None
