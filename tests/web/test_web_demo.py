@@ -15,7 +15,7 @@ import redis
 from streaming.embedded import free_port
 from tests.conftest import require
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 _OURS = ("REDIS_URL", "CELERY_", "STREAMING_", "WORKER_", "OPENAI_")
 
 

@@ -22,12 +22,12 @@ from streaming.reader import read_events
 from streaming.settings import Settings
 from streaming.writer import StreamWriter
 from tests.conftest import require
-from tests.http_server import ServerThread
-from tests.sse_proxy import CuttingProxy
-from tests.thread_runs import ThreadRuns
+from tests.web.http_server import ServerThread
+from tests.web.sse_proxy import CuttingProxy
+from tests.web.thread_runs import ThreadRuns
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 

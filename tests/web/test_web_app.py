@@ -14,8 +14,8 @@ from httpx_sse import connect_sse
 from examples.app import DEMO_TEXT, create_app
 from streaming.settings import Settings
 from streaming.writer import StreamWriter
-from tests.http_server import ServerThread
-from tests.thread_runs import ThreadRuns
+from tests.web.http_server import ServerThread
+from tests.web.thread_runs import ThreadRuns
 
 SECRET = "app-test-" + "s" * 32
 

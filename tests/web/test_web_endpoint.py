@@ -28,7 +28,7 @@ from streaming.tokens import TokenSigner
 from streaming.web import StreamEndpoints
 from streaming.wire import MAX_SEQ
 from streaming.writer import StreamWriter
-from tests.http_server import ServerThread
+from tests.web.http_server import ServerThread
 
 SECRET = "test-secret-" + "x" * 32
 N = 12  # chunks of the standard run; its terminal entry is seq N + 1

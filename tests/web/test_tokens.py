@@ -74,5 +74,5 @@ def test_streaming_imports_without_the_web_extra():
             "except ImportError as exc:\n"
             "    print(exc)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=30, check=True, cwd=Path(__file__).resolve().parent.parent)
+                          timeout=30, check=True, cwd=Path(__file__).resolve().parents[2])
     assert "pip install 'celery-streaming[web]'" in done.stdout
