@@ -59,6 +59,7 @@ from .errors import (
     InvalidCursor,
     InvalidInput,
     InvalidRunId,
+    ReaderError,
     Unauthenticated,
 )
 from .hub import HubReader, ReaderHub
@@ -236,11 +237,11 @@ class StreamEndpoints:
         try:
             async for frame in sse_frames(reader, interval, retry_ms=self.retry_ms):
                 yield frame.encode()
-        except _TRANSIENT as exc:
-            # Ending the response without a terminal event makes the client reconnect and
-            # resume from its last id once the store is back: nothing is lost or repeated.
-            logger.warning("stream of run %s cut: store unreachable (%s)",
-                           reader.cursor.keys.run_id, exc)
+        except (*_TRANSIENT, ReaderError) as exc:
+            # The store is unreachable or the hub closed (shutdown): ending the response
+            # without a terminal event makes the client reconnect, here or to another
+            # process, and resume from its last id: nothing is lost or repeated.
+            logger.warning("stream of run %s cut: %s", reader.cursor.keys.run_id, exc)
 
 
 # -- requests and errors --------------------------------------------------------------------
