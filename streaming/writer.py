@@ -171,13 +171,16 @@ class StreamWriter:
 
     # -- runs ------------------------------------------------------------------------------
 
-    def open(self, run_id: str, *, token: str | None = None, wait: float = 0.0) -> RunWriter:
+    def open(self, run_id: str, *, token: str | None = None, wait: float = 0.0,
+             announce_restart: bool = True) -> RunWriter:
         """Claim ``run_id`` for this writer and return its handle (blocks on Redis I/O).
 
         A run another live writer holds raises ``RunBusyError`` after waiting up to ``wait``
         seconds for its lease to lapse; an ended run raises ``RunClosedError``. A run claimed
         before by another writer (a retried or redelivered task) goes on with the next seq
-        id, after a ``restarted`` event carrying the attempt number.
+        id, after a ``restarted`` event carrying the attempt number. ``announce_restart=False``
+        leaves that event out: for a claim made only to write the ending of a run whose
+        producer died (the run does not restart).
         """
         keys = RunKeys.for_run(run_id, hash_tag=self.settings.cluster_hash_tags)
         token = token or uuid.uuid4().hex
@@ -186,13 +189,15 @@ class StreamWriter:
         with self._cond:
             self._runs[run_id] = run
         handle = RunWriter(self, run)
-        if run.attempt > 1:
+        if run.attempt > 1 and announce_restart:
             handle.send(json.dumps({"attempt": run.attempt}), event="restarted")
         return handle
 
-    async def aopen(self, run_id: str, *, token: str | None = None, wait: float = 0.0) -> RunWriter:
+    async def aopen(self, run_id: str, *, token: str | None = None, wait: float = 0.0,
+                    announce_restart: bool = True) -> RunWriter:
         """``open()`` for async callers (on any loop but the writer's)."""
-        return await asyncio.to_thread(self.open, run_id, token=token, wait=wait)
+        return await asyncio.to_thread(self.open, run_id, token=token, wait=wait,
+                                       announce_restart=announce_restart)
 
     async def _claim(self, keys: RunKeys, token: str, wait: float) -> _Run:
         give_up = time.monotonic() + wait
@@ -292,6 +297,11 @@ class StreamWriter:
         give_up = time.monotonic() + timeout
         for run, upto in targets:
             self._wait_acked(run, upto, max(give_up - time.monotonic(), 0.0))
+
+    def _release(self, run: _Run, timeout: float) -> None:
+        keys = run.keys
+        with contextlib.suppress(WriterError):
+            self._call(self._eval(scripts.RELEASE, keys, run.token), time.monotonic() + timeout)
 
     def _forget(self, run: _Run) -> None:
         with self._cond:
@@ -464,7 +474,7 @@ class StreamWriter:
 
     async def _load_scripts(self) -> None:
         client = self._get_client()
-        for script in (scripts.CLAIM, scripts.APPEND, scripts.REFRESH):
+        for script in (scripts.CLAIM, scripts.APPEND, scripts.REFRESH, scripts.RELEASE):
             await client.script_load(script.source)
 
     async def _eval(self, script: scripts.Script, keys: RunKeys, *args: Any) -> Any:
@@ -621,10 +631,17 @@ class RunWriter:
     async def aflush(self, timeout: float = 10.0) -> int:
         return await asyncio.to_thread(self.flush, timeout)
 
-    def release(self) -> None:
-        """Forget the run without ending it (its lease lapses; readers then see it lost)."""
-        self._writer._forget(self._run)
+    def release(self, timeout: float = 5.0) -> None:
+        """Give the run up without ending it, so that another writer can take it at once.
 
+        Flushes what this handle accepted (up to ``timeout`` s), then drops the lease. A retry
+        claims the run with no wait; if nobody does, readers end it ``lost`` after
+        ``producer_timeout``.
+        """
+        with contextlib.suppress(WriterError):
+            self.flush(timeout)
+        self._writer._forget(self._run)
+        self._writer._release(self._run, timeout)
 
 def _size(chunks: list[tuple[int, str, int]]) -> int:
     return sum(len(frame) for _, frame, _ in chunks)
@@ -647,10 +664,12 @@ _shared_lock = threading.Lock()
 
 
 def shared_writer(settings: Settings | None = None, *, start_timeout: float = 5.0) -> StreamWriter:
-    """This process's writer, created and started on first use (again in a forked child)."""
+    """This process's writer, created and started on first use (again in a forked child, and
+    again after it was stopped: a worker stops it at shutdown, and in-process test workers
+    start and stop one after another)."""
     global _shared
     with _shared_lock:
-        if _shared is None or _shared[0] != os.getpid():
+        if _shared is None or _shared[0] != os.getpid() or not _shared[1].running:
             writer = StreamWriter(settings or Settings.from_env()).start(start_timeout)
             _shared = (os.getpid(), writer)
         return _shared[1]
