@@ -8,27 +8,23 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-import redis
 from httpx_sse import connect_sse
 
 from examples.app import DEMO_TEXT, create_app
 from streaming.settings import Settings
-from streaming.writer import StreamWriter
+from tasks.api import Runs
 from tests.web.http_server import ServerThread
-from tests.web.thread_runs import ThreadRuns
 
 SECRET = "app-test-" + "s" * 32
 
 
 @pytest.fixture
-def app_client(settings: Settings, writer: StreamWriter,
-               redis_client: redis.Redis) -> Iterator[httpx.Client]:
+def app_client(settings: Settings, celery_runs: Runs) -> Iterator[httpx.Client]:
+    """The reference app, starting runs on a real Celery worker through the tasks API."""
     settings = settings.replace(token_secret=SECRET)
-    runs = ThreadRuns(writer, redis_client, settings)
-    with ServerThread(create_app(settings, launcher=runs)) as server, \
+    with ServerThread(create_app(settings, launcher=celery_runs)) as server, \
             httpx.Client(base_url=server.url, timeout=10) as client:
         yield client
-    runs.join()
 
 
 def follow(client: httpx.Client, url: str) -> list[tuple[str, str]]:

@@ -1,8 +1,8 @@
 """A real browser follows a run through connection drops: EventSource resumes by itself.
 
-Headless Chromium (Debian's, driven by the playwright package) loads the reference page
-through a proxy that cuts every event stream after a few events. The page's final text must
-equal the run's full output, every seq exactly once.
+Headless Chromium (Debian's, driven by the playwright package) loads the reference page, whose
+run a real Celery worker produces, through a proxy that cuts every event stream after a few
+events. The page's final text must equal the run's full output, every seq exactly once.
 """
 
 from __future__ import annotations
@@ -14,17 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from examples.app import create_app
 from streaming.client import sync_client
 from streaming.reader import read_events
 from streaming.settings import Settings
-from streaming.writer import StreamWriter
+from tasks.api import Runs
 from tests.conftest import require
 from tests.web.http_server import ServerThread
 from tests.web.sse_proxy import CuttingProxy
-from tests.web.thread_runs import ThreadRuns
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -61,10 +59,9 @@ def full_text(settings: Settings, run_id: str) -> tuple[str, list[int]]:
 
 @pytest.mark.slow
 def test_page_survives_dropped_connections(browser: object, settings: Settings,
-                                           writer: StreamWriter, redis_client: redis.Redis):
+                                           celery_runs: Runs):
     settings = settings.replace(token_secret="browser-test-" + "s" * 32)
-    runs = ThreadRuns(writer, redis_client, settings)
-    app = create_app(settings, launcher=runs, retry_ms=200)
+    app = create_app(settings, launcher=celery_runs, retry_ms=200)
     with ServerThread(app) as server:
         proxy = CuttingProxy(server.port, cut_after=7)
         try:
