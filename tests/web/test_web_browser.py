@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from examples.app import create_app
+from examples.app import DEMO_TEXT, create_app
 from streaming.client import sync_client
 from streaming.reader import read_events
 from streaming.settings import Settings
@@ -76,10 +76,29 @@ def test_page_survives_dropped_connections(browser: object, settings: Settings,
             seqs = page.get_attribute("#output", "data-seqs")
             state = page.get_attribute("body", "data-finished")
             reconnects = int(page.text_content("#reconnects") or 0)
+            closed = page.evaluate("source.readyState === EventSource.CLOSED")
         finally:
             proxy.close()
     text, stored = full_text(settings, run_id or "")
-    assert state == "done"
+    assert state == "done" and closed  # the page closed its EventSource: no reconnect loop
     assert proxy.cuts >= 2 and reconnects >= 2
     assert shown == text
     assert [int(s) for s in (seqs or "").split(",")] == stored
+
+
+@pytest.mark.slow
+def test_cancel_button_ends_the_page_cleanly(browser: object, settings: Settings,
+                                             celery_runs: Runs):
+    settings = settings.replace(token_secret="browser-test-" + "s" * 32)
+    with ServerThread(create_app(settings, launcher=celery_runs)) as server:
+        page = browser.new_page()  # type: ignore[attr-defined]
+        page.goto(server.url + "/")
+        page.click("#start")
+        page.wait_for_selector("#output[data-seqs]", timeout=30_000)  # the first chunk is in
+        page.click("#cancel")
+        page.wait_for_selector("body[data-finished]", timeout=30_000)
+        state = page.get_attribute("body", "data-finished")
+        closed = page.evaluate("source.readyState === EventSource.CLOSED")
+        shown = page.text_content("#output") or ""
+    assert state == "cancelled" and closed
+    assert 0 < len(shown) < len(DEMO_TEXT)
