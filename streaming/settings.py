@@ -56,8 +56,10 @@ class Settings:
     #: Longest single blocking read of the shared reader; a waiting reader costs one
     #: command per this interval, shared by every reader of the process.
     block_timeout: float = 20.0
-    #: How often readers waiting on quiet runs check that the runs' producers are alive.
-    liveness_interval: float = 10.0
+    #: How often readers waiting on quiet runs check that the runs' producers are alive: two
+    #: server-side calls per quiet run and interval (0.1 per second at the default), one
+    #: command for many runs.
+    liveness_interval: float = 20.0
     #: How long a run may have no live producer (and no terminal entry) before readers end
     #: it with a ``lost`` terminal error. Covers a queued run whose task has not started.
     producer_timeout: float = 30.0
