@@ -1,0 +1,84 @@
+"""Resumable Server-Sent-Events streams for long Celery tasks, on Redis Streams.
+
+The library half of the project: it never imports Celery, so web processes import it alone.
+
+- ``StreamWriter`` / ``shared_writer()``: the per-process batched writer (producers).
+- ``ReaderHub``: the shared, blocking reader of a web process (many readers, few connections).
+- ``read_events()``: a blocking reader for threads and command-line tools.
+- ``sse_frames()``: SSE text with ``id:`` lines and keepalive pings.
+- ``Settings``: every knob, read from the environment once.
+"""
+
+from .control import (
+    amark_pending,
+    arequest_cancel,
+    arun_status,
+    mark_pending,
+    request_cancel,
+    run_status,
+)
+from .cursor import RunStatus
+from .errors import (
+    BufferFullError,
+    ConfigurationError,
+    FencedError,
+    InvalidChunk,
+    InvalidCursor,
+    InvalidInput,
+    InvalidRunId,
+    ReaderError,
+    RunBusyError,
+    RunClosedError,
+    StaleWriterError,
+    StoreUnavailableError,
+    StreamGoneError,
+    StreamingError,
+    WriterError,
+    WriterStateError,
+)
+from .hub import HubReader, ReaderHub
+from .reader import RunReader, read_events
+from .settings import Settings
+from .sse import sse_frames
+from .wire import Event, Terminal, encode_frame, parse_cursor, validate_run_id
+from .writer import RunWriter, StreamWriter, shared_writer
+
+__all__ = [
+    "BufferFullError",
+    "ConfigurationError",
+    "Event",
+    "FencedError",
+    "HubReader",
+    "InvalidChunk",
+    "InvalidCursor",
+    "InvalidInput",
+    "InvalidRunId",
+    "ReaderError",
+    "ReaderHub",
+    "RunBusyError",
+    "RunClosedError",
+    "RunReader",
+    "RunStatus",
+    "RunWriter",
+    "Settings",
+    "StaleWriterError",
+    "StoreUnavailableError",
+    "StreamGoneError",
+    "StreamWriter",
+    "StreamingError",
+    "Terminal",
+    "WriterError",
+    "WriterStateError",
+    "amark_pending",
+    "arequest_cancel",
+    "arun_status",
+    "encode_frame",
+    "mark_pending",
+    "parse_cursor",
+    "read_events",
+    "request_cancel",
+    "run_status",
+    "shared_writer",
+    "sse_frames",
+    "validate_run_id",
+]

@@ -13,28 +13,32 @@ from .settings import Settings
 __all__ = ["async_client", "sync_client"]
 
 
-def _options(settings: Settings) -> dict[str, object]:
+def _options(settings: Settings, reader: bool) -> dict[str, object]:
     if not settings.redis_url:
         raise ConfigurationError(
             "no Redis URL: set REDIS_URL, or start an embedded server (streaming.embedded)"
         )
     return {
         "decode_responses": True,
-        "socket_timeout": settings.socket_timeout,
+        # A reader's socket must outlast its longest blocking read.
+        "socket_timeout": settings.socket_timeout + (settings.block_timeout if reader else 0),
         "socket_connect_timeout": settings.socket_timeout,
         "health_check_interval": 30,
     }
 
 
-def async_client(settings: Settings, **overrides: object) -> aredis.Redis:
-    """An asyncio client for ``settings.redis_url``; use it on one event loop only."""
-    options = _options(settings) | overrides
+def async_client(settings: Settings, *, reader: bool = False, **overrides: object) -> aredis.Redis:
+    """An asyncio client for ``settings.redis_url``; use it on one event loop only.
+
+    ``reader=True`` sizes the socket timeout for blocking reads.
+    """
+    options = _options(settings, reader) | overrides
     options.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
     return aredis.Redis.from_url(settings.redis_url, **options)  # type: ignore[arg-type]
 
 
-def sync_client(settings: Settings, **overrides: object) -> redis.Redis:
-    """A thread-safe blocking client for ``settings.redis_url``."""
-    options = _options(settings) | overrides
+def sync_client(settings: Settings, *, reader: bool = False, **overrides: object) -> redis.Redis:
+    """A thread-safe blocking client for ``settings.redis_url`` (``reader``: as above)."""
+    options = _options(settings, reader) | overrides
     options.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
     return redis.Redis.from_url(settings.redis_url, **options)  # type: ignore[arg-type]

@@ -114,23 +114,28 @@ end
 redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-return {tonumber(redis.call('HGET', KEYS[2], 'seq')), tonumber(redis.call('HGET', KEYS[2], 'acked')),
-  redis.call('HGET', KEYS[2], 'cancel') or ''}
+local m = redis.call('HMGET', KEYS[2], 'seq', 'acked', 'cancel')
+return {tonumber(m[1]), tonumber(m[2]), m[3] or ''}
 """)
 
-# KEYS: meta1, lease1, meta2, lease2, ... (one slot in a cluster: call it per run there).
-# -> for each run {state, last seq, attempt, end kind}; state: missing | pending | live | idle | ended
+# KEYS: meta1, lease1, stream1, meta2, ... (one slot in a cluster: call it per run there).
+# -> for each run {state, last seq, attempt, end kind, type of the stream key};
+#    state: missing | pending | live | idle | ended
 STATUS = Script("status", """#!lua flags=no-writes
 local out = {}
-for i = 1, #KEYS, 2 do
-  local m = redis.call('HMGET', KEYS[i], 'seq', 'attempt', 'end')
+for i = 1, #KEYS, 3 do
+  local kind = redis.call('TYPE', KEYS[i + 2])['ok']
+  local m = {false, false, false}
+  if redis.call('TYPE', KEYS[i])['ok'] == 'hash' then
+    m = redis.call('HMGET', KEYS[i], 'seq', 'attempt', 'end')
+  end
   local state
   if m[3] then state = 'ended'
   elseif redis.call('EXISTS', KEYS[i + 1]) == 1 then state = 'live'
   elseif m[2] == '0' then state = 'pending'
   elseif m[2] then state = 'idle'
   else state = 'missing' end
-  out[#out + 1] = {state, tonumber(m[1] or '0'), tonumber(m[2] or '0'), m[3] or ''}
+  out[#out + 1] = {state, tonumber(m[1] or '0'), tonumber(m[2] or '0'), m[3] or '', kind}
 end
 return out
 """)

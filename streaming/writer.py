@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -312,10 +313,8 @@ class StreamWriter:
         assert self._wakeup is not None
         refresh_every = self.settings.lease_ttl / 3
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), refresh_every)
-            except TimeoutError:
-                pass
             self._wakeup.clear()
             batch = self._take_batch()
             if batch:
@@ -450,10 +449,8 @@ class StreamWriter:
     async def _reset_client(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            try:
+            with contextlib.suppress(*_TRANSIENT):
                 await client.aclose()
-            except _TRANSIENT:
-                pass
 
     async def _load_scripts(self) -> None:
         client = self._get_client()
@@ -496,10 +493,9 @@ class StreamWriter:
 
     def _wake(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
-            try:
+            # The loop may close between the check and the call.
+            with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._wake_soon)
-            except RuntimeError:  # loop closed between the check and the call
-                pass
 
     def _wake_soon(self) -> None:
         assert self._wakeup is not None

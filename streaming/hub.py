@@ -1,0 +1,329 @@
+"""The shared reader of a web process: many readers, a few blocking reads, no polling.
+
+A ``ReaderHub`` lives on one event loop. Each reader first catches up on its own (plain
+``XREAD`` from its cursor, no blocking), then joins the hub, whose connections each run one
+``XREAD BLOCK`` over every followed stream and fan the entries out in-process. A waiting reader
+costs no command of its own: one blocking read per ``block_timeout`` serves them all, and one
+``STATUS`` call per ``liveness_interval`` checks every quiet run's producer at once. When a
+reader joins, the hub interrupts its blocking read with ``CLIENT UNBLOCK`` so the new stream
+is followed at once. A reader that falls ``reader_queue`` entries behind is detached and
+catches up on its own again, so one slow client never holds the others back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aredis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from . import scripts
+from .client import async_client
+from .cursor import Entry, RunCursor, RunStatus, id_key, xread_reply
+from .errors import ReaderError
+from .settings import Settings
+from .wire import Event, RunKeys, Terminal, parse_cursor
+
+__all__ = ["HubReader", "ReaderHub"]
+
+logger = logging.getLogger(__name__)
+_BATCH = 500
+_STATUS_KEYS = 300  # runs per STATUS call
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@dataclass(eq=False)
+class _Sub:
+    cursor: RunCursor
+    sent_id: str  # newest entry handed to this reader
+    entries: list[Entry] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    lagged: bool = False
+    status: RunStatus | None = None
+    heard: float = field(default_factory=time.monotonic)
+
+
+class _Shard:
+    """One blocking connection and the streams it follows."""
+
+    def __init__(self, hub: ReaderHub, index: int) -> None:
+        self.hub = hub
+        self.index = index
+        self.client: aredis.Redis = async_client(
+            hub.settings, reader=True, single_connection_client=True, retry=Retry(NoBackoff(), 0)
+        )
+        self.client_id: int | None = None
+        self.subs: dict[str, set[_Sub]] = {}
+        self.pos: dict[str, str] = {}
+        self.reading: dict[str, str] | None = None
+        self.changed = asyncio.Event()
+        self.unblocking = False
+        self.task: asyncio.Task[None] | None = None
+        self.reads = 0
+
+    def add(self, sub: _Sub) -> None:
+        key = sub.cursor.keys.stream
+        self.subs.setdefault(key, set()).add(sub)
+        if key not in self.pos or id_key(sub.sent_id) < id_key(self.pos[key]):
+            self.pos[key] = sub.sent_id
+        reading = self.reading
+        if reading is not None and reading.get(key) != self.pos[key]:
+            self._unblock()
+        self.changed.set()
+
+    def remove(self, sub: _Sub) -> None:
+        key = sub.cursor.keys.stream
+        subs = self.subs.get(key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self.subs[key]
+                self.pos.pop(key, None)
+
+    def _unblock(self) -> None:
+        if self.unblocking or self.client_id is None:
+            return
+        self.unblocking = True
+        asyncio.get_running_loop().create_task(self._send_unblock(self.client_id))
+
+    async def _send_unblock(self, client_id: int) -> None:
+        try:
+            await self.hub.client.client_unblock(client_id)
+        except _TRANSIENT as exc:
+            logger.warning("reader hub: CLIENT UNBLOCK failed: %s", exc)
+        finally:
+            self.unblocking = False
+
+    async def run(self) -> None:
+        delay = 0.05
+        next_check = time.monotonic() + self.hub.settings.liveness_interval
+        while True:
+            if not self.subs:
+                self.changed.clear()
+                await self.changed.wait()
+                continue
+            try:
+                await self._read_once()
+                delay = 0.05
+            except _TRANSIENT as exc:
+                logger.warning("reader hub: read failed (%s), retrying in %.2f s", exc, delay)
+                self.client_id = None
+                with contextlib.suppress(*_TRANSIENT):
+                    await self.client.aclose()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + self.hub.settings.liveness_interval
+                await self._check_quiet_runs()
+
+    async def _read_once(self) -> None:
+        if self.client_id is None:
+            self.client_id = int(await self.client.client_id())
+        settings = self.hub.settings
+        block = min(settings.block_timeout, settings.liveness_interval)
+        self.reading = dict(self.pos)
+        try:
+            streams: dict[Any, Any] = self.reading
+            reply = xread_reply(
+                await self.client.xread(streams, count=_BATCH, block=int(block * 1000)))
+        except ResponseError as exc:
+            await self._drop_bad_keys(exc)
+            return
+        finally:
+            self.reading = None
+        self.reads += 1
+        for key, entries in reply:
+            self._dispatch(key, entries)
+
+    def _dispatch(self, key: str, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        self.pos[key] = entries[-1][0]
+        limit = self.hub.settings.reader_queue
+        now = time.monotonic()
+        for sub in list(self.subs.get(key, ())):
+            new = entries
+            if id_key(entries[0][0]) <= id_key(sub.sent_id):
+                new = [e for e in entries if id_key(e[0]) > id_key(sub.sent_id)]
+            if not new:
+                continue
+            if len(sub.entries) + len(new) > limit:
+                sub.lagged = True
+                self.remove(sub)
+            else:
+                sub.entries.extend(new)
+                sub.sent_id = new[-1][0]
+                sub.heard = now
+            sub.wake.set()
+
+    async def _drop_bad_keys(self, exc: ResponseError) -> None:
+        """A followed key changed type under the hub: end its readers, keep the others."""
+        logger.warning("reader hub: shared read refused (%s); checking keys", exc)
+        for key in list(self.subs):
+            if await self.hub.client.type(key) not in ("stream", "none"):
+                for sub in self.subs.pop(key):
+                    sub.status = RunStatus("missing", 0, 0, "", False)
+                    sub.wake.set()
+                self.pos.pop(key, None)
+
+    async def _check_quiet_runs(self) -> None:
+        cutoff = time.monotonic() - self.hub.settings.liveness_interval
+        quiet: dict[str, list[_Sub]] = {}
+        for subs in self.subs.values():
+            for sub in subs:
+                if sub.heard <= cutoff:
+                    quiet.setdefault(sub.cursor.keys.run_id, []).append(sub)
+        runs = list(quiet)
+        for start in range(0, len(runs), _STATUS_KEYS):
+            chunk = runs[start:start + _STATUS_KEYS]
+            try:
+                statuses = await self.hub.statuses([quiet[r][0].cursor.keys for r in chunk])
+            except _TRANSIENT as exc:
+                logger.warning("reader hub: liveness check failed: %s", exc)
+                return
+            for run, status in zip(chunk, statuses, strict=True):
+                for sub in quiet[run]:
+                    sub.status = status
+                    sub.wake.set()
+
+
+class ReaderHub:
+    """Serves any number of readers on one event loop from a few shared connections.
+
+    ``connections`` blocking connections split the followed streams between them.
+    ``client`` (default: built from ``settings``) runs the non-blocking commands.
+    """
+
+    def __init__(self, settings: Settings, *, client: aredis.Redis | None = None,
+                 connections: int = 1) -> None:
+        self.settings = settings
+        self._own_client = client is None
+        self.client = client or async_client(settings, reader=True)
+        self._connections = connections
+        self._shards: list[_Shard] = []
+        self.readers = 0
+
+    async def start(self) -> ReaderHub:
+        if self._shards:
+            raise ReaderError("reader hub already started")
+        self._shards = [_Shard(self, i) for i in range(self._connections)]
+        for shard in self._shards:
+            shard.task = asyncio.get_running_loop().create_task(shard.run())
+        return self
+
+    async def aclose(self) -> None:
+        for shard in self._shards:
+            if shard.task is not None:
+                shard.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await shard.task
+            await shard.client.aclose()
+        self._shards = []
+        if self._own_client:
+            await self.client.aclose()
+
+    async def __aenter__(self) -> ReaderHub:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def read(self, run_id: str, starting_after: object = None) -> HubReader:
+        """The events of ``run_id`` after ``starting_after``; raises at once on bad input."""
+        if not self._shards:
+            raise ReaderError("reader hub not started: await hub.start() first")
+        keys = RunKeys.for_run(run_id, hash_tag=self.settings.cluster_hash_tags)
+        cursor = RunCursor(keys, parse_cursor(starting_after), self.settings.producer_timeout)
+        return HubReader(self, cursor)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "readers": self.readers,
+            "followed": sum(len(s.subs) for s in self._shards),
+            "blocking_reads": sum(s.reads for s in self._shards),
+        }
+
+    def _shard(self, key: str) -> _Shard:
+        return self._shards[hash(key) % len(self._shards)]
+
+    async def statuses(self, runs: list[RunKeys]) -> list[RunStatus]:
+        """Status of many runs in one command (per slot group in a cluster)."""
+        keys = [k for run in runs for k in (run.meta, run.lease, run.stream)]
+        try:
+            reply = await self.client.evalsha(scripts.STATUS.sha, len(keys), *keys)
+        except NoScriptError:
+            reply = await self.client.eval(scripts.STATUS.source, len(keys), *keys)
+        return [RunStatus.from_reply(item) for item in reply]
+
+
+class HubReader:
+    """One reader's events; iterate with ``async for``. ``terminal`` tells how it ended."""
+
+    def __init__(self, hub: ReaderHub, cursor: RunCursor) -> None:
+        self.hub = hub
+        self.cursor = cursor
+
+    @property
+    def terminal(self) -> Terminal | None:
+        return self.cursor.terminal
+
+    @property
+    def last_seq(self) -> int:
+        return self.cursor.after
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        cursor = self.cursor
+        self.hub.readers += 1
+        try:
+            status = (await self.hub.statuses([cursor.keys]))[0]
+            for event in cursor.check_start(status):
+                yield event
+            while not cursor.done:
+                async for event in self._catch_up():
+                    yield event
+                if not cursor.done:
+                    async for event in self._follow():
+                        yield event
+        finally:
+            self.hub.readers -= 1
+
+    async def _catch_up(self) -> AsyncIterator[Event]:
+        cursor = self.cursor
+        while not cursor.done:
+            reply = xread_reply(await self.hub.client.xread(
+                {cursor.keys.stream: cursor.last_id}, count=_BATCH))
+            entries = reply[0][1] if reply else []
+            for event in cursor.feed(entries):
+                yield event
+            if len(entries) < _BATCH:
+                return
+
+    async def _follow(self) -> AsyncIterator[Event]:
+        cursor = self.cursor
+        shard = self.hub._shard(cursor.keys.stream)
+        sub = _Sub(cursor, cursor.last_id)
+        shard.add(sub)
+        try:
+            while not cursor.done and not sub.lagged:
+                await sub.wake.wait()
+                sub.wake.clear()
+                entries, sub.entries = sub.entries, []
+                for event in cursor.feed(entries):
+                    yield event
+                if sub.status is not None and not cursor.done:
+                    status, sub.status = sub.status, None
+                    for event in cursor.check_alive(status):
+                        yield event
+        finally:
+            shard.remove(sub)
+

@@ -1,0 +1,65 @@
+"""The blocking reader: one run's events from a cursor, for threads and command-line tools.
+
+Each reader uses its own blocking ``XREAD`` on a client it is given. Web processes serving many
+readers use the shared ``streaming.hub.ReaderHub`` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import redis
+
+from .control import run_status
+from .cursor import RunCursor, RunStatus, xread_reply
+from .settings import Settings
+from .wire import Event, RunKeys, Terminal, parse_cursor
+
+__all__ = ["RunReader", "read_events"]
+
+_BATCH = 500
+
+
+class RunReader:
+    """Iterates over one run's events after ``starting_after``, ending after the terminal one.
+
+    ``terminal`` tells how the run ended once iteration stops (also when the cursor was
+    already past the ending and nothing was yielded).
+    """
+
+    def __init__(self, client: redis.Redis, run_id: str, settings: Settings, *,
+                 starting_after: object = None) -> None:
+        self.client = client
+        self.settings = settings
+        keys = RunKeys.for_run(run_id, hash_tag=settings.cluster_hash_tags)
+        self.cursor = RunCursor(keys, parse_cursor(starting_after), settings.producer_timeout)
+
+    @property
+    def terminal(self) -> Terminal | None:
+        return self.cursor.terminal
+
+    def __iter__(self) -> Iterator[Event]:
+        cursor = self.cursor
+        yield from cursor.check_start(self._status())
+        block_ms = int(min(self.settings.liveness_interval, self.settings.block_timeout) * 1000)
+        while not cursor.done:
+            reply = xread_reply(self.client.xread(
+                {cursor.keys.stream: cursor.last_id}, count=_BATCH, block=block_ms))
+            if reply:
+                yield from cursor.feed(reply[0][1])
+            else:
+                yield from cursor.check_alive(self._status())
+
+    def _status(self) -> RunStatus:
+        return run_status(self.client, self.cursor.keys.run_id, self.settings)
+
+
+def read_events(client: redis.Redis, run_id: str, settings: Settings, *,
+                starting_after: object = None) -> RunReader:
+    """The events of ``run_id`` after ``starting_after`` (a seq id; default: from the start).
+
+    ``client`` needs a socket timeout longer than its longest blocking read (the shorter of
+    ``liveness_interval`` and ``block_timeout``): ``streaming.client.sync_client(settings,
+    reader=True)`` makes one. Raises ``InvalidRunId``/``InvalidCursor`` at once for bad input.
+    """
+    return RunReader(client, run_id, settings, starting_after=starting_after)
