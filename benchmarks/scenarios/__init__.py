@@ -11,7 +11,7 @@ from ..core import pending
 
 __all__ = ["load_all"]
 
-MODULES = ("throughput",)
+MODULES = ("latency", "throughput", "write_cost")
 
 
 def load_all() -> None:

@@ -1,0 +1,217 @@
+"""The two sides of a streaming measurement, each run in a child process, for both designs.
+
+Producers write paced chunks (each carrying its send time) and time every write call; readers
+follow runs and record, for every chunk, receipt time minus send time. Protocol with the
+harness: the child sends ``ready``; a producer then waits for ``go``, writes, and sends
+``result``; a reader reads until ``stop`` (with the chunk counts to expect), waits at most a
+grace period for the last chunks, and sends ``result``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from streaming.hub import ReaderHub
+from streaming.settings import Settings
+from streaming.writer import StreamWriter
+
+from ..procs import Channel, Child
+from .common import chunk_data, load_seed, open_runs, sent_at, sse_frame
+
+__all__ = ["hub_readers", "project_producer", "run_pair", "seed_producer", "seed_readers"]
+
+GO_TIMEOUT = 300.0
+STOP_TIMEOUT = 600.0
+
+
+def paced(runs: int, rate: float, seconds: float, send: Callable[[int, str], Any]) -> list[int]:
+    """Call ``send(run index, chunk_data())`` ``rate`` times a second per run, round robin, for
+    ``seconds``; returns the duration of each call (ns), the making of the chunk excluded.
+    Late calls catch up without sleeping."""
+    interval = 1.0 / (rate * runs)
+    costs = []
+    start = time.perf_counter()
+    for k in range(int(seconds * rate * runs)):
+        delay = start + k * interval - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        data = chunk_data()
+        began = time.perf_counter_ns()
+        send(k % runs, data)
+        costs.append(time.perf_counter_ns() - began)
+    return costs
+
+
+async def apaced(runs: int, rate: float, seconds: float,
+                 send: Callable[[int, str], Awaitable[Any]]) -> list[int]:
+    """``paced()`` for a coroutine ``send`` on an event loop."""
+    interval = 1.0 / (rate * runs)
+    costs = []
+    start = time.perf_counter()
+    for k in range(int(seconds * rate * runs)):
+        delay = start + k * interval - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        frame = sse_frame(chunk_data())
+        began = time.perf_counter_ns()
+        await send(k % runs, frame)
+        costs.append(time.perf_counter_ns() - began)
+    return costs
+
+
+def project_producer(channel: Channel, url: str, ids: list[str], rate: float, seconds: float,
+                     overrides: dict[str, Any]) -> None:
+    """This project's writer: ``rate`` chunks/s on each run for ``seconds``, then ends them."""
+    writer = StreamWriter(Settings(redis_url=url, **overrides)).start()
+    handles = open_runs(writer, ids)
+    channel.send("ready")
+    channel.expect("go", GO_TIMEOUT)
+    costs = paced(len(handles), rate, seconds, lambda i, data: handles[i].send(data))
+    sent = [handle.sent for handle in handles]
+    writer.flush(60)
+    writer.stop()
+    channel.send("result", {"costs_ns": costs, "sent": sent})
+
+
+def seed_producer(channel: Channel, url: str, seed_path: str, ids: list[str], rate: float,
+                  seconds: float) -> None:
+    """The seed's writer on an event loop, as the seed intends: awaited ``write_chunk``."""
+    seed = load_seed(seed_path)
+    channel.send("result", asyncio.run(_seed_produce(channel, seed, url, ids, rate, seconds)))
+
+
+async def _seed_produce(channel: Channel, seed: Any, url: str, ids: list[str], rate: float,
+                        seconds: float) -> dict[str, Any]:
+    writer = seed.RedisSSEStreamWriter(seed.AsyncRedisClient(url))
+    await writer.start()
+    channel.send("ready")
+    await asyncio.to_thread(channel.expect, "go", GO_TIMEOUT)
+    sent = [0] * len(ids)
+
+    async def send(i: int, frame: str) -> None:
+        await writer.write_chunk(ids[i], frame)
+        sent[i] += 1
+
+    costs = await apaced(len(ids), rate, seconds, send)
+    await writer.stop()
+    return {"costs_ns": costs, "sent": sent}
+
+
+class _Tally:
+    """What one reader process received: delays (ns) and counts per run."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self.delays: list[int] = []
+        self.counts = dict.fromkeys(ids, 0)
+
+    def record(self, run_id: str, data: str) -> None:
+        sent = sent_at(data)
+        if sent is not None:
+            self.delays.append(time.time_ns() - sent)
+            self.counts[run_id] += 1
+
+    def complete(self, expected: dict[str, int]) -> bool:
+        return all(self.counts[run] >= n for run, n in expected.items())
+
+    async def settle(self, expected: dict[str, int], grace: float) -> None:
+        """Wait at most ``grace`` s for every run's expected count."""
+        deadline = time.monotonic() + grace
+        while not self.complete(expected) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    def result(self, **extra: Any) -> dict[str, Any]:
+        return {"delays_ns": self.delays, "counts": self.counts, **extra}
+
+
+def hub_readers(channel: Channel, url: str, ids: list[str], overrides: dict[str, Any],
+                connections: int, grace: float) -> None:
+    """This project's readers: one ``ReaderHub`` in this process, one reader per run."""
+    settings = Settings(redis_url=url, **overrides)
+    channel.send("result", asyncio.run(_hub_read(channel, settings, ids, connections, grace)))
+
+
+async def _hub_read(channel: Channel, settings: Settings, ids: list[str], connections: int,
+                    grace: float) -> dict[str, Any]:
+    tally = _Tally(ids)
+    async with ReaderHub(settings, connections=connections) as hub:
+
+        async def follow(run_id: str) -> None:
+            async for event in hub.read(run_id, starting_after=0):
+                tally.record(run_id, event.data)
+
+        tasks = [asyncio.create_task(follow(run_id)) for run_id in ids]
+        joined = await _wait_followed(hub, len(ids), timeout=120)
+        channel.send("ready", {"join_seconds": joined})
+        expected = await asyncio.to_thread(channel.expect, "stop", STOP_TIMEOUT)
+        await tally.settle(expected, grace)
+        stats = hub.stats()
+        await _cancel(tasks)
+    return tally.result(hub=stats)
+
+
+async def _wait_followed(hub: ReaderHub, count: int, timeout: float) -> float:
+    """Seconds until the hub follows ``count`` streams (every reader caught up and waiting)."""
+    started = time.monotonic()
+    while hub.stats()["followed"] < count:
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"hub follows {hub.stats()['followed']} of {count} after "
+                               f"{timeout} s")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+def seed_readers(channel: Channel, url: str, seed_path: str, ids: list[str],
+                 grace: float) -> None:
+    """The seed's readers: one polling ``redis_sse_stream_generator`` per run, one process."""
+    seed = load_seed(seed_path)
+    channel.send("result", asyncio.run(_seed_read(channel, seed, url, ids, grace)))
+
+
+async def _seed_read(channel: Channel, seed: Any, url: str, ids: list[str],
+                     grace: float) -> dict[str, Any]:
+    tally = _Tally(ids)
+    client = seed.AsyncRedisClient(url)
+
+    async def follow(run_id: str) -> None:
+        async for data in seed.redis_sse_stream_generator(client, run_id):
+            tally.record(run_id, data)
+
+    tasks = [asyncio.create_task(follow(run_id)) for run_id in ids]
+    await asyncio.sleep(0.5)  # every generator has sent its first XRANGE
+    channel.send("ready", {"join_seconds": 0.5})
+    expected = await asyncio.to_thread(channel.expect, "stop", STOP_TIMEOUT)
+    await tally.settle(expected, grace)
+    await _cancel(tasks)
+    await (await client.get_client()).aclose()
+    return tally.result()
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def run_pair(producer: Child, make_readers: Callable[[], Child], ids: list[str],
+             seconds: float, grace: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Start the producer (it claims the runs), then the readers; stream for ``seconds``.
+
+    Returns ``(producer result, readers result)``; the readers' includes ``join_seconds``.
+    """
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(producer)
+        producer.channel.expect("ready", 300)
+        readers = stack.enter_context(make_readers())
+        joined = readers.channel.expect("ready", 300)
+        producer.channel.send("go")
+        produced = producer.channel.expect("result", seconds * 3 + 120)
+        readers.channel.send("stop", dict(zip(ids, produced["sent"], strict=True)))
+        read = readers.channel.expect("result", grace + 120)
+    read.update(joined or {})
+    return produced, read
