@@ -52,7 +52,8 @@ def _number(value: float) -> str:
 def cells(figure: Figure) -> tuple[str, ...]:
     gain = figure.gain
     met = {None: "", True: "yes", False: "NO"}[figure.met]
-    name = f"{figure.name}, {figure.unit}" + (f" ({figure.note})" if figure.note else "")
+    name = ", ".join(part for part in (figure.name, figure.unit) if part)
+    name += f" ({figure.note})" if figure.note else ""
     return (name, fmt(figure.project), fmt(figure.seed),
             "-" if gain is None else f"{fmt(gain)}x", fmt(figure.ceiling),
             figure.target.text(figure.better, figure.unit) if figure.target else "", met)

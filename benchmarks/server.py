@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import shutil
 import subprocess
 import time
@@ -16,6 +17,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import redis
+
+from streaming import scripts
 
 from .stats import percentile
 
@@ -26,6 +29,13 @@ CEILING_PREFIX = "bench:ceiling:"
 PAYLOAD = "x" * 100
 
 
+#: Commands the project's server-side scripts call: the server counts each such call as a
+#: processed command, though no client sent it.
+SCRIPT_CALLS = frozenset(
+    name.lower() for script in (scripts.APPEND, scripts.CLAIM, scripts.REFRESH, scripts.STATUS)
+    for name in re.findall(r"redis\.call\('([A-Za-z]+)'", script.source))
+
+
 @dataclass
 class CommandMeter:
     """Commands the server processed between ``start()`` and ``stop()``, ours excluded."""
@@ -33,23 +43,31 @@ class CommandMeter:
     client: redis.Redis
     _before: int = 0
     _stats_before: dict[str, int] | None = None
+    _cpu_before: float = 0.0
     _started: float = 0.0
 
     def start(self) -> None:
         self._stats_before = command_calls(self.client)
+        self._cpu_before = _server_cpu(self.client)
         self._before = _processed(self.client)
         self._started = time.monotonic()
 
     def stop(self) -> dict[str, Any]:
-        """``{"commands", "seconds", "per_second", "by_command"}`` over the window."""
+        """Over the window: ``commands`` (all the server processed, calls made by scripts
+        included), ``sent`` (commands clients sent: scripts' own calls left out), both per
+        second, ``by_command`` and the server's CPU use (``server_cpu_percent``)."""
         total = _processed(self.client) - self._before - 1  # the INFO of stop() itself
         seconds = time.monotonic() - self._started
+        cpu = _server_cpu(self.client) - self._cpu_before
         after = command_calls(self.client)
         before = self._stats_before or {}
         by_command = {name: calls - before.get(name, 0) for name, calls in after.items()
                       if name != "info" and calls != before.get(name, 0)}
+        scripted = any(name.startswith(("eval", "fcall")) for name in by_command)
+        inside = sum(n for name, n in by_command.items() if scripted and name in SCRIPT_CALLS)
         return {"commands": total, "seconds": seconds, "per_second": total / seconds,
-                "by_command": by_command}
+                "sent_per_second": (total - inside) / seconds, "by_command": by_command,
+                "server_cpu_percent": 100 * cpu / seconds}
 
 
 def command_calls(client: redis.Redis) -> dict[str, int]:
@@ -60,6 +78,11 @@ def command_calls(client: redis.Redis) -> dict[str, int]:
 
 def _processed(client: redis.Redis) -> int:
     return int(client.info("stats")["total_commands_processed"])
+
+
+def _server_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def xadd_ceiling(url: str, requests: int) -> dict[str, Any]:

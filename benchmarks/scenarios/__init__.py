@@ -11,7 +11,7 @@ from ..core import pending
 
 __all__ = ["load_all"]
 
-MODULES = ("latency", "throughput", "write_cost")
+MODULES = ("latency", "throughput", "write_cost", "idle_readers")
 
 
 def load_all() -> None:

@@ -15,6 +15,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import redis.asyncio as aredis
+from redis.exceptions import RedisError
+
 from streaming.hub import ReaderHub
 from streaming.settings import Settings
 from streaming.writer import StreamWriter
@@ -25,6 +28,7 @@ from .common import chunk_data, load_seed, open_runs, sent_at, sse_frame
 __all__ = ["hub_readers", "project_producer", "run_pair", "seed_producer", "seed_readers"]
 
 GO_TIMEOUT = 300.0
+HUB_POOL = 50
 STOP_TIMEOUT = 600.0
 
 
@@ -107,6 +111,7 @@ class _Tally:
     def __init__(self, ids: list[str]) -> None:
         self.delays: list[int] = []
         self.counts = dict.fromkeys(ids, 0)
+        self.errors = 0  # reads that failed (the seed's readers then start again)
 
     def record(self, run_id: str, data: str) -> None:
         sent = sent_at(data)
@@ -124,7 +129,7 @@ class _Tally:
             await asyncio.sleep(0.05)
 
     def result(self, **extra: Any) -> dict[str, Any]:
-        return {"delays_ns": self.delays, "counts": self.counts, **extra}
+        return {"delays_ns": self.delays, "counts": self.counts, "errors": self.errors, **extra}
 
 
 def hub_readers(channel: Channel, url: str, ids: list[str], overrides: dict[str, Any],
@@ -134,10 +139,23 @@ def hub_readers(channel: Channel, url: str, ids: list[str], overrides: dict[str,
     channel.send("result", asyncio.run(_hub_read(channel, settings, ids, connections, grace)))
 
 
+def hub_client(settings: Settings) -> aredis.Redis:
+    """The hub's client for its non-blocking commands, on a pool that waits for a free
+    connection. The default client's pool (redis-py 8: at most 100 connections, raising
+    ``MaxConnectionsError`` past that) fails readers when more than 100 join at once."""
+    assert settings.redis_url is not None
+    pool = aredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=HUB_POOL, timeout=60, decode_responses=True,
+        socket_timeout=settings.socket_timeout + settings.block_timeout,
+        socket_connect_timeout=settings.socket_timeout)
+    return aredis.Redis(connection_pool=pool)
+
+
 async def _hub_read(channel: Channel, settings: Settings, ids: list[str], connections: int,
                     grace: float) -> dict[str, Any]:
     tally = _Tally(ids)
-    async with ReaderHub(settings, connections=connections) as hub:
+    client = hub_client(settings)
+    async with ReaderHub(settings, client=client, connections=connections) as hub:
 
         async def follow(run_id: str) -> None:
             async for event in hub.read(run_id, starting_after=0):
@@ -150,6 +168,7 @@ async def _hub_read(channel: Channel, settings: Settings, ids: list[str], connec
         await tally.settle(expected, grace)
         stats = hub.stats()
         await _cancel(tasks)
+    await client.aclose()
     return tally.result(hub=stats)
 
 
@@ -177,8 +196,16 @@ async def _seed_read(channel: Channel, seed: Any, url: str, ids: list[str],
     client = seed.AsyncRedisClient(url)
 
     async def follow(run_id: str) -> None:
-        async for data in seed.redis_sse_stream_generator(client, run_id):
-            tally.record(run_id, data)
+        # A failed read ends the seed's generator; a client reconnects from its last chunk.
+        while True:
+            try:
+                async for data in seed.redis_sse_stream_generator(
+                        client, run_id, starting_after=tally.counts[run_id]):
+                    tally.record(run_id, data)
+                return
+            except RedisError:
+                tally.errors += 1
+                await asyncio.sleep(0.1)
 
     tasks = [asyncio.create_task(follow(run_id)) for run_id in ids]
     await asyncio.sleep(0.5)  # every generator has sent its first XRANGE
