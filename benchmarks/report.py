@@ -30,6 +30,8 @@ def fmt(value: object, unit: str = "") -> str:
         return "-"
     if isinstance(value, str):
         return value
+    if isinstance(value, float) and math.isinf(value):
+        return "∞" if value > 0 else "-∞"
     if not isinstance(value, int | float) or not math.isfinite(value):
         return str(value)
     number = _number(float(value))

@@ -11,7 +11,7 @@ from ..core import pending
 
 __all__ = ["load_all"]
 
-MODULES = ("latency", "throughput", "write_cost", "idle_readers")
+MODULES = ("latency", "throughput", "write_cost", "idle_readers", "fanout", "memory")
 
 
 def load_all() -> None:

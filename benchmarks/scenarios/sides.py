@@ -213,16 +213,20 @@ async def _seed_read(channel: Channel, seed: Any, url: str, ids: list[str],
     expected = await asyncio.to_thread(channel.expect, "stop", STOP_TIMEOUT)
     await tally.settle(expected, grace)
     await _cancel(tasks)
-    await (await client.get_client()).aclose()
+    with contextlib.suppress(RedisError):
+        await asyncio.wait_for((await client.get_client()).aclose(), 5)
     return tally.result()
 
 
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+async def _cancel(tasks: list[asyncio.Task[None]], timeout: float = 5.0) -> None:
+    """Cancel the readers and wait at most ``timeout`` s: a redis-py read cancelled while it
+    waits for a pooled connection can stay pending for good."""
     for task in tasks:
         task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    done, _ = await asyncio.wait(tasks, timeout=timeout)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
 
 
 def run_pair(producer: Child, make_readers: Callable[[], Child], ids: list[str],

@@ -1,0 +1,69 @@
+"""Fan-out: many concurrent readers in one process, each on its own run, every run live.
+
+A producer process writes one chunk a second to each of N runs (round robin, evenly spread);
+one reader process follows all N runs (the project: one ``ReaderHub`` on one event loop; the
+seed: one polling generator per run). Delivery delay is receipt minus send time, per chunk.
+The seed cannot poll 10,000 runs from one process (100,000 ``XRANGE``/s): it is measured at a
+smaller N, given in the figure's name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core import Context, Figure, Result, Target, scenario
+from ..procs import Child
+from ..stats import percentile
+from .common import cleanup, run_ids
+from .sides import hub_readers, project_producer, run_pair, seed_producer, seed_readers
+
+NAME = "fan-out"
+RATE = 1.0
+GRACE = 5.0
+
+
+@scenario(NAME, "Fan-out: N concurrent readers in one process, each run 1 chunk/s")
+def run(ctx: Context) -> Result:
+    n, seed_n = ctx.size(500, 10_000), ctx.size(200, 1000)
+    seconds = ctx.size(3.0, 10.0)
+    result = Result(NAME, params={"readers": n, "seed_readers": seed_n, "seconds": seconds,
+                                  "chunks_per_second_per_run": RATE,
+                                  "reader": "ReaderHub, 1 blocking connection"})
+    project = _measure(ctx, n, seconds, "p")
+    seed = _measure(ctx, seed_n, seconds, "s") if ctx.seed else None
+    label = f"N={n:,}" + (f" (seed: N={seed_n:,})" if seed else "")
+    for q, target in ((50, None), (99, Target(limit=100.0))):
+        result.add(Figure(f"p{q} delivery, {label}", "ms", "lower", _ms(project, q),
+                          _ms(seed, q) if seed else ctx.seed_missing, target=target))
+    result.add(Figure(f"chunks received, {label}", "%", "higher", _received(project),
+                      _received(seed) if seed else ctx.seed_missing, target=Target(limit=100)))
+    result.add(Figure("readers joined and waiting", "s", "lower", project["join_seconds"],
+                      note=f"N={n:,}"))
+    result.params["hub"] = project.get("hub")
+    result.params["seed_read_errors"] = seed["errors"] if seed else None
+    cleanup(ctx.redis_url, NAME)
+    return result
+
+
+def _measure(ctx: Context, n: int, seconds: float, side: str) -> dict[str, Any]:
+    ids = run_ids(NAME, n, side)
+    if side == "p":
+        producer = Child(project_producer, ctx.redis_url, ids, RATE, seconds, {},
+                         name="fan-out-project-producer")
+        make = lambda: Child(hub_readers, ctx.redis_url, ids, {}, 1, GRACE,  # noqa: E731
+                             name="fan-out-project-readers")
+    else:
+        producer = Child(seed_producer, ctx.redis_url, ctx.seed_path, ids, RATE, seconds,
+                         name="fan-out-seed-producer")
+        make = lambda: Child(seed_readers, ctx.redis_url, ctx.seed_path, ids, GRACE,  # noqa: E731
+                             name="fan-out-seed-readers")
+    produced, read = run_pair(producer, make, ids, seconds, GRACE)
+    return {"sent": sum(produced["sent"]), **read}
+
+
+def _ms(side: dict[str, Any], q: float) -> float:
+    return percentile(side["delays_ns"], q) / 1e6
+
+
+def _received(side: dict[str, Any]) -> float:
+    return 100.0 * sum(side["counts"].values()) / max(side["sent"], 1)
