@@ -25,7 +25,7 @@ GRACE = 5.0
 @scenario(NAME, "Fan-out: N concurrent readers in one process, each run 1 chunk/s")
 def run(ctx: Context) -> Result:
     n, seed_n = ctx.size(500, 10_000), ctx.size(200, 1000)
-    seconds = ctx.size(3.0, 10.0)
+    seconds = ctx.size(2.0, 10.0)
     result = Result(NAME, params={"readers": n, "seed_readers": seed_n, "seconds": seconds,
                                   "chunks_per_second_per_run": RATE,
                                   "reader": "ReaderHub, 1 blocking connection"})

@@ -23,16 +23,16 @@ from .common import cleanup, run_ids
 from .sides import hub_readers, seed_readers
 
 NAME = "idle-readers"
-SETTLE = 1.0
+SETTLE = 0.5
 
 
 @scenario(NAME, "Idle readers: server commands/s while N readers wait on silent runs")
 def run(ctx: Context) -> Result:
     sizes = ctx.size((100, 1000), (100, 10_000))
-    seed_sizes = ctx.size((100, 500), (100, 1000))
-    window = ctx.size(3.0, 20.0)
+    seed_sizes = ctx.size((100, 200), (100, 1000))
+    window = ctx.size(1.5, 20.0)
     # Quick mode shortens the hub's intervals so its periodic commands fall in the window.
-    overrides = ctx.size({"liveness_interval": 1.0, "block_timeout": 1.0}, {})
+    overrides = ctx.size({"liveness_interval": 0.5, "block_timeout": 0.5}, {})
     result = Result(NAME, params={"readers": sizes, "seed_readers": seed_sizes,
                                   "window_seconds": window, "settings": overrides or "defaults"})
     for n, seed_n in zip(sizes, seed_sizes, strict=True):

@@ -22,7 +22,7 @@ GRACE = 5.0
 
 @scenario(NAME, "Latency: write call to reader receipt, one reader per run")
 def run(ctx: Context) -> Result:
-    runs, rate, seconds = 20, 100, ctx.size(2.0, 10.0)
+    runs, rate, seconds = 20, 100, ctx.size(1.5, 10.0)
     result = Result(NAME, params={"runs": runs, "chunks_per_second_per_run": rate,
                                   "seconds": seconds, "reader": "ReaderHub, 1 connection"})
     project = _measure_project(ctx, runs, rate, seconds)

@@ -116,8 +116,8 @@ async def _seed_volume(seed: Any, url: str, ids: list[str], chunks: int) -> dict
 
 
 def _outage(ctx: Context, result: Result) -> None:
-    down = ctx.size(3.0, 30.0)
-    bound = ctx.size(128 * 1024, MIB)
+    down = ctx.size(2.0, 30.0)
+    bound = ctx.size(64 * 1024, MIB)
     result.params["outage"] = {
         "runs": OUTAGE_RUNS, "chunks_per_second": OUTAGE_RATE, "outage_seconds": down,
         "project_max_buffer_bytes": bound,
@@ -164,11 +164,11 @@ def _outage_sides(ctx: Context, server: EmbeddedServer, down: float,
         for child in children.values():
             child.channel.expect("ready", 120)
             child.channel.send("go")
-        time.sleep(2.0)
+        time.sleep(ctx.size(1.0, 2.0))
         server.kill()
         time.sleep(down)
         server.start()
-        time.sleep(ctx.size(2.0, 5.0))
+        time.sleep(ctx.size(1.5, 5.0))
         for child in children.values():
             child.channel.send("stop")
         sides = {side: child.channel.expect("result", 120) for side, child in children.items()}
