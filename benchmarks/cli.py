@@ -77,6 +77,8 @@ def _run(ctx: Context, names: list[str], shared_server: bool) -> dict[str, Any]:
         result = _execute(ctx, name)
         report.print_result(result)
         results[name] = result.to_json()
+    info["load_after"] = machine.load()
+    report.print_header([f"\nload average (1, 5, 15 min) at the end: {info['load_after']}"])
     return {
         "mode": "quick" if ctx.quick else "full",
         "machine": info,
@@ -105,4 +107,7 @@ def _header(ctx: Context, info: dict[str, Any], shared_server: bool) -> list[str
                 else "private embedded server")]
     lines.append(f"seed: {ctx.seed_path}" if ctx.seed else
                  "seed: not found (seed columns say n/a); pass --seed PATH")
+    lines.append(f"load average (1, 5, 15 min) at the start: {info['load_before']}")
+    if info["load_before"] and info["load_before"][0] > machine.BUSY:
+        lines.append("warning: other processes are using the CPU; the figures will be noisy")
     return lines

@@ -67,9 +67,10 @@ class Figure:
         if not _finite(self.project) or not isinstance(self.seed, int | float):
             return None
         seed, project = float(self.seed), float(self.project)  # type: ignore[arg-type]
-        if self.better == "lower":
-            return seed / project if project > 0 else math.inf
-        return project / seed if seed > 0 else math.inf
+        better, worse = (seed, project) if self.better == "lower" else (project, seed)
+        if worse > 0:
+            return better / worse
+        return math.inf if better > 0 else None  # both zero: no ratio
 
     @property
     def met(self) -> bool | None:

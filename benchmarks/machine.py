@@ -9,7 +9,10 @@ from typing import Any
 
 import redis
 
-__all__ = ["describe", "one_line"]
+__all__ = ["describe", "load", "one_line"]
+
+#: A 1-minute load average above this, before the run, means someone else is using the CPU.
+BUSY = 0.5
 
 
 def describe(client: redis.Redis) -> dict[str, Any]:
@@ -24,6 +27,7 @@ def describe(client: redis.Redis) -> dict[str, Any]:
         "redis_py": metadata.version("redis"),
         "hiredis": _version("hiredis"),
         "server": _server_name(info),
+        "load_before": load(),
     }
 
 
@@ -31,6 +35,14 @@ def one_line(machine: dict[str, Any]) -> str:
     return (f"{machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB; "
             f"Python {machine['python']}, redis-py {machine['redis_py']} "
             f"(hiredis {machine['hiredis'] or 'absent'}); {machine['server']}")
+
+
+def load() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages, where the OS tells them."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
 
 
 def _server_name(info: dict[str, Any]) -> str:

@@ -7,13 +7,14 @@ with tagged messages (``("ready", None)``, ``("result", {...})``) and every wait
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import multiprocessing.connection
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ["Channel", "Child", "ChildFailed"]
+__all__ = ["Channel", "Child", "ChildFailed", "answer_async"]
 
 _CONTEXT = multiprocessing.get_context("spawn")
 
@@ -92,3 +93,19 @@ def _child_main(target: Callable[..., None], conn: multiprocessing.connection.Co
         raise
     finally:
         conn.close()
+
+
+def answer_async(channel: Channel, coro: Coroutine[Any, Any, Any], teardown: float = 2.0) -> None:
+    """Run ``coro`` on a new event loop and send its value as the ``result``, then close the
+    loop, giving leftover tasks at most ``teardown`` s (``asyncio.run`` would wait for ever on
+    a redis-py read that a cancellation left pending)."""
+    loop = asyncio.new_event_loop()
+    try:
+        channel.send("result", loop.run_until_complete(coro))
+    finally:
+        leftover = asyncio.all_tasks(loop)
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            loop.run_until_complete(asyncio.wait(leftover, timeout=teardown))
+        loop.close()

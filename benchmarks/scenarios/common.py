@@ -23,6 +23,7 @@ __all__ = [
     "run_ids",
     "sent_at",
     "sse_frame",
+    "stream_audit",
     "stream_lengths",
 ]
 
@@ -108,3 +109,17 @@ def stream_lengths(url: str, ids: list[str]) -> int:
         return sum(int(n) for n in pipe.execute())
     finally:
         client.close()
+
+
+def stream_audit(url: str, ids: list[str]) -> dict[str, int]:
+    """Entries stored in the runs' streams, and how many distinct ``seq_id`` they carry."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    entries = unique = 0
+    try:
+        for run_id in ids:
+            seqs = [fields.get("seq_id") for _, fields in client.xrange(f"sse:run:{run_id}")]
+            entries += len(seqs)
+            unique += len(set(seqs))
+    finally:
+        client.close()
+    return {"entries": entries, "unique": unique}

@@ -24,7 +24,7 @@ from streaming.settings import Settings
 from streaming.writer import StreamWriter
 
 from ..core import Context, Figure, Result, Target, scenario
-from ..procs import Channel, Child
+from ..procs import Channel, Child, answer_async
 from .common import (
     chunk_data,
     cleanup,
@@ -33,7 +33,7 @@ from .common import (
     rss_bytes,
     run_ids,
     sse_frame,
-    stream_lengths,
+    stream_audit,
 )
 
 NAME = "memory"
@@ -94,7 +94,7 @@ def project_volume(channel: Channel, url: str, ids: list[str], chunks: int) -> N
 
 def seed_volume(channel: Channel, url: str, seed_path: str, ids: list[str], chunks: int) -> None:
     seed = load_seed(seed_path)
-    channel.send("result", asyncio.run(_seed_volume(seed, url, ids, chunks)))
+    answer_async(channel, _seed_volume(seed, url, ids, chunks))
 
 
 async def _seed_volume(seed: Any, url: str, ids: list[str], chunks: int) -> dict[str, Any]:
@@ -141,10 +141,10 @@ def _outage(ctx: Context, result: Result) -> None:
     result.add(Figure("writes that raised into the producer", "%", "lower",
                       project["raised_percent"],
                       seed["raised_percent"] if seed else ctx.seed_missing))
-    result.add(Figure("kept chunks stored after the restart", "%", "higher",
-                      project["stored_percent"],
-                      seed["stored_percent"] if seed else ctx.seed_missing,
-                      target=Target(limit=100)))
+    for key, name in (("missing", "kept chunks missing after the restart"),
+                      ("duplicated", "chunks stored twice")):
+        result.add(Figure(name, "chunks", "lower", project[key],
+                          seed[key] if seed else ctx.seed_missing, target=Target(limit=0)))
     result.params["outage"].update(project=_brief(project), seed=_brief(seed))
     if seed:
         result.notes.append("seed: a write whose flush fails raises into the producer, but "
@@ -176,8 +176,9 @@ def _outage_sides(ctx: Context, server: EmbeddedServer, down: float,
         for child in children.values():
             child.stop()
     for side, found in sides.items():
-        stored = stream_lengths(server.url, ids[side])
-        found["stored_percent"] = 100 * stored / max(found["kept"], 1)
+        audit = stream_audit(server.url, ids[side])
+        found.update(audit, missing=max(found["kept"] - audit["unique"], 0),
+                     duplicated=audit["entries"] - audit["unique"])
     return sides
 
 
@@ -214,7 +215,7 @@ def project_outage(channel: Channel, url: str, ids: list[str], bound: int) -> No
 def seed_outage(channel: Channel, url: str, seed_path: str, ids: list[str]) -> None:
     logging.disable(logging.CRITICAL)  # the seed logs every failed flush
     seed = load_seed(seed_path)
-    channel.send("result", asyncio.run(_seed_outage(channel, seed, url, ids)))
+    answer_async(channel, _seed_outage(channel, seed, url, ids))
 
 
 async def _seed_outage(channel: Channel, seed: Any, url: str, ids: list[str]) -> dict[str, Any]:

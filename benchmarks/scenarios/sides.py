@@ -22,7 +22,7 @@ from streaming.hub import ReaderHub
 from streaming.settings import Settings
 from streaming.writer import StreamWriter
 
-from ..procs import Channel, Child
+from ..procs import Channel, Child, answer_async
 from .common import chunk_data, load_seed, open_runs, sent_at, sse_frame
 
 __all__ = ["hub_readers", "project_producer", "run_pair", "seed_producer", "seed_readers"]
@@ -85,7 +85,7 @@ def seed_producer(channel: Channel, url: str, seed_path: str, ids: list[str], ra
                   seconds: float) -> None:
     """The seed's writer on an event loop, as the seed intends: awaited ``write_chunk``."""
     seed = load_seed(seed_path)
-    channel.send("result", asyncio.run(_seed_produce(channel, seed, url, ids, rate, seconds)))
+    answer_async(channel, _seed_produce(channel, seed, url, ids, rate, seconds))
 
 
 async def _seed_produce(channel: Channel, seed: Any, url: str, ids: list[str], rate: float,
@@ -136,7 +136,7 @@ def hub_readers(channel: Channel, url: str, ids: list[str], overrides: dict[str,
                 connections: int, grace: float) -> None:
     """This project's readers: one ``ReaderHub`` in this process, one reader per run."""
     settings = Settings(redis_url=url, **overrides)
-    channel.send("result", asyncio.run(_hub_read(channel, settings, ids, connections, grace)))
+    answer_async(channel, _hub_read(channel, settings, ids, connections, grace))
 
 
 def hub_client(settings: Settings) -> aredis.Redis:
@@ -187,7 +187,7 @@ def seed_readers(channel: Channel, url: str, seed_path: str, ids: list[str],
                  grace: float) -> None:
     """The seed's readers: one polling ``redis_sse_stream_generator`` per run, one process."""
     seed = load_seed(seed_path)
-    channel.send("result", asyncio.run(_seed_read(channel, seed, url, ids, grace)))
+    answer_async(channel, _seed_read(channel, seed, url, ids, grace))
 
 
 async def _seed_read(channel: Channel, seed: Any, url: str, ids: list[str],

@@ -7,7 +7,6 @@ Each side writes ``runs x chunks`` in a fresh process: chunk k of every run, the
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import time
 from typing import Any
@@ -16,7 +15,7 @@ from streaming.settings import Settings
 from streaming.writer import StreamWriter
 
 from ..core import Context, Figure, Result, Target, scenario
-from ..procs import Channel, Child
+from ..procs import Channel, Child, answer_async
 from ..server import xadd_ceiling
 from .common import chunk_data, cleanup, load_seed, open_runs, run_ids, sse_frame, stream_lengths
 
@@ -79,7 +78,7 @@ def project_side(channel: Channel, url: str, ids: list[str], chunks: int) -> Non
 
 def seed_side(channel: Channel, url: str, seed_path: str, ids: list[str], chunks: int) -> None:
     seed = load_seed(seed_path)
-    channel.send("result", asyncio.run(_seed_write(seed, url, ids, chunks)))
+    answer_async(channel, _seed_write(seed, url, ids, chunks))
 
 
 async def _seed_write(seed: Any, url: str, ids: list[str], chunks: int) -> dict[str, Any]:

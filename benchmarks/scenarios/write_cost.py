@@ -8,7 +8,6 @@ throughput scenario's load), with ``time.perf_counter_ns()`` around each call.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -16,7 +15,7 @@ from streaming.settings import Settings
 from streaming.writer import StreamWriter
 
 from ..core import Context, Figure, Result, Target, scenario
-from ..procs import Channel, Child
+from ..procs import Channel, Child, answer_async
 from ..stats import percentile
 from .common import chunk_data, cleanup, load_seed, open_runs, run_ids, sse_frame
 from .sides import project_producer, seed_producer
@@ -87,7 +86,7 @@ def project_burst(channel: Channel, url: str, ids: list[str], chunks: int) -> No
 
 
 def seed_burst(channel: Channel, url: str, seed_path: str, ids: list[str], chunks: int) -> None:
-    channel.send("result", asyncio.run(_seed_burst(load_seed(seed_path), url, ids, chunks)))
+    answer_async(channel, _seed_burst(load_seed(seed_path), url, ids, chunks))
 
 
 async def _seed_burst(seed: Any, url: str, ids: list[str], chunks: int) -> list[int]:
