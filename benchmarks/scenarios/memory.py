@@ -70,6 +70,9 @@ def _volume(ctx: Context, result: Result) -> None:
     result.add(Figure(f"RSS growth over {total}", "MiB", "lower", _growth(project),
                       _growth(seed) if seed else ctx.seed_missing,
                       target=Target(limit=bound / MIB)))
+    result.add(Figure(f"RSS growth over the second half ({runs * chunks // 2:,} chunks)", "MiB",
+                      "lower", _late_growth(project),
+                      _late_growth(seed) if seed else ctx.seed_missing))
     result.add(Figure(f"peak buffered, {total}", "MiB", "lower", project["buffered_peak"] / MIB,
                       seed["buffered_peak"] / MIB if seed else ctx.seed_missing,
                       target=Target(limit=bound / MIB)))
@@ -306,6 +309,13 @@ def _growth(side: dict[str, Any] | None) -> float:
     if side is None:
         return float("nan")
     return (side["rss_peak"] - side["rss_start"]) / MIB
+
+
+def _late_growth(side: dict[str, Any]) -> float:
+    """RSS growth from the middle of the run to its end: about zero when memory is flat."""
+    rss = [sample[1] for sample in side["samples"]]
+    middle = len(rss) // 2
+    return (max(rss[middle:]) - rss[middle]) / MIB if rss else float("nan")
 
 
 def _brief(side: dict[str, Any] | None) -> dict[str, Any] | None:
