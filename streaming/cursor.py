@@ -8,7 +8,7 @@ run has lost its producer. The sync reader and the shared async hub both drive o
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,9 +86,12 @@ class RunCursor:
     def is_newer(self, entry_id: str) -> bool:
         return id_key(entry_id) > id_key(self.last_id)
 
-    def feed(self, entries: Sequence[Entry]) -> list[Event]:
-        """Events for ``entries`` (in stream order) that this reader has not seen."""
-        events: list[Event] = []
+    def feed(self, entries: Sequence[Entry]) -> Iterator[Event]:
+        """Events for ``entries`` (in stream order) that this reader has not seen.
+
+        Lazy: the cursor moves as each event is taken, so a consumer that stops early
+        resumes from the last event it took, not the last one fetched.
+        """
         for entry_id, fields in entries:
             if self.done or not self.is_newer(entry_id):
                 continue
@@ -97,13 +100,14 @@ class RunCursor:
             if seq <= self.after:
                 continue  # a seed stream's duplicate numbering, or an entry from before the cursor
             if seq > self.after + 1:
-                events.append(self._gap(self.after + 1, seq - 1))
+                gap = self._gap(self.after + 1, seq - 1)
+                self.after = seq - 1
+                yield gap
             event = entry_event(fields)
             self.after = seq
             self._idle_since = None
-            events.append(event)
             self.terminal = event.terminal
-        return events
+            yield event
 
     def _gap(self, first: int, last: int) -> Event:
         payload = {"gap": {"first": first, "last": last,

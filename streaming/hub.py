@@ -69,6 +69,7 @@ class _Shard:
         self.changed = asyncio.Event()
         self.unblocking = False
         self.task: asyncio.Task[None] | None = None
+        self.closed = False
         self.reads = 0
 
     def add(self, sub: _Sub) -> None:
@@ -107,7 +108,7 @@ class _Shard:
     async def run(self) -> None:
         delay = 0.05
         next_check = time.monotonic() + self.hub.settings.liveness_interval
-        while True:
+        while not self.closed:
             if not self.subs:
                 self.changed.clear()
                 await self.changed.wait()
@@ -221,13 +222,20 @@ class ReaderHub:
             shard.task = asyncio.get_running_loop().create_task(shard.run())
         return self
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Stop the shared reads (readers still iterating end with the hub's error)."""
         for shard in self._shards:
+            shard.closed = True
             if shard.task is not None:
+                # redis-py may turn the cancellation of a blocking read into a connection
+                # error, which the loop retries: the closed flag ends it either way.
                 shard.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await shard.task
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(shard.task, timeout)
             await shard.client.aclose()
+            for subs in shard.subs.values():
+                for sub in subs:
+                    sub.wake.set()
         self._shards = []
         if self._own_client:
             await self.client.aclose()
@@ -317,6 +325,8 @@ class HubReader:
             while not cursor.done and not sub.lagged:
                 await sub.wake.wait()
                 sub.wake.clear()
+                if shard.closed:
+                    raise ReaderError("the reader hub was closed")
                 entries, sub.entries = sub.entries, []
                 for event in cursor.feed(entries):
                     yield event

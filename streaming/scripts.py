@@ -48,12 +48,8 @@ local cancel = redis.call('HGET', KEYS[2], 'cancel') or ''
 return {'ok', attempt, tonumber(redis.call('HGET', KEYS[2], 'seq')), cancel}
 """)
 
-# KEYS: stream, meta, lease.
-# ARGV: token, lease_ms, ttl, retention, maxlen, first local index, end kind ('' if none),
-#       timestamp ms, frame...
-# Appends the frames the meta hash has not acknowledged yet, so a batch replayed after a
-# lost reply adds nothing twice. -> {last seq, acked, cancel}
-APPEND = Script("append", """#!lua
+# The writer's token (ARGV[1]) must still own the run (KEYS[2] is its meta hash).
+_OWNER_CHECK = """
 local owner = redis.call('HGET', KEYS[2], 'owner')
 if not owner then
   return redis.error_reply('GONE the run state is missing: it expired or the server lost it')
@@ -61,6 +57,14 @@ end
 if owner ~= ARGV[1] then
   return redis.error_reply('STALE the run was taken over by another writer')
 end
+"""
+
+# KEYS: stream, meta, lease.
+# ARGV: token, lease_ms, ttl, retention, maxlen, first local index, end kind ('' if none),
+#       timestamp ms, frame...
+# Appends the frames the meta hash has not acknowledged yet, so a batch replayed after a
+# lost reply adds nothing twice. -> {last seq, acked, cancel}
+APPEND = Script("append", "#!lua\n" + _OWNER_CHECK + """
 local acked = tonumber(redis.call('HGET', KEYS[2], 'acked'))
 local first = tonumber(ARGV[6])
 local n = #ARGV - 8
@@ -103,14 +107,7 @@ return {seq, acked, cancel}
 
 # KEYS: stream, meta, lease. ARGV: token, lease_ms, ttl. Keeps a quiet run's lease and TTLs.
 # -> {last seq, acked, cancel}
-REFRESH = Script("refresh", """#!lua
-local owner = redis.call('HGET', KEYS[2], 'owner')
-if not owner then
-  return redis.error_reply('GONE the run state is missing: it expired or the server lost it')
-end
-if owner ~= ARGV[1] then
-  return redis.error_reply('STALE the run was taken over by another writer')
-end
+REFRESH = Script("refresh", "#!lua\n" + _OWNER_CHECK + """
 redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])

@@ -186,9 +186,12 @@ def parse_frame(frame: str) -> tuple[str, str]:
     return event, "\n".join(data)
 
 
+MAX_MESSAGE = 4000  # characters of an ending's message; the rest is cut
+
+
 def error_frame(message: str, *, kind: str = "error", type: str | None = None) -> str:
     """The terminal frame of a failed run (``kind``: error, timeout or lost)."""
-    body: dict[str, Any] = {"kind": kind, "message": message}
+    body: dict[str, Any] = {"kind": kind, "message": message[:MAX_MESSAGE]}
     if type is not None:
         body["type"] = type
     return encode_frame(json.dumps({"error": body}), "error")
@@ -199,7 +202,8 @@ def terminal_frame(kind: Terminal, message: str = "", *, type: str | None = None
     if kind is Terminal.DONE:
         return DONE_FRAME
     if kind is Terminal.CANCELLED:
-        return encode_frame(json.dumps({"cancelled": {"reason": message}}), "cancelled")
+        reason = message[:MAX_MESSAGE]
+        return encode_frame(json.dumps({"cancelled": {"reason": reason}}), "cancelled")
     return error_frame(message, kind=kind.value, type=type)
 
 

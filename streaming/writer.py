@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import scripts
@@ -113,6 +113,7 @@ class StreamWriter:
         self._wake_pending = False
         self._stopping = False
         self._outage_since: float | None = None
+        self._outage_reason = ""
         self._stats = WriterStats()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
@@ -170,13 +171,16 @@ class StreamWriter:
 
     # -- runs ------------------------------------------------------------------------------
 
-    def open(self, run_id: str, *, token: str | None = None, wait: float = 0.0) -> RunWriter:
+    def open(self, run_id: str, *, token: str | None = None, wait: float = 0.0,
+             announce_restart: bool = True) -> RunWriter:
         """Claim ``run_id`` for this writer and return its handle (blocks on Redis I/O).
 
         A run another live writer holds raises ``RunBusyError`` after waiting up to ``wait``
         seconds for its lease to lapse; an ended run raises ``RunClosedError``. A run claimed
         before by another writer (a retried or redelivered task) goes on with the next seq
-        id, after a ``restarted`` event carrying the attempt number.
+        id, after a ``restarted`` event carrying the attempt number. ``announce_restart=False``
+        leaves that event out: for a claim made only to write the ending of a run whose
+        producer died (the run does not restart).
         """
         keys = RunKeys.for_run(run_id, hash_tag=self.settings.cluster_hash_tags)
         token = token or uuid.uuid4().hex
@@ -185,13 +189,15 @@ class StreamWriter:
         with self._cond:
             self._runs[run_id] = run
         handle = RunWriter(self, run)
-        if run.attempt > 1:
+        if run.attempt > 1 and announce_restart:
             handle.send(json.dumps({"attempt": run.attempt}), event="restarted")
         return handle
 
-    async def aopen(self, run_id: str, *, token: str | None = None, wait: float = 0.0) -> RunWriter:
+    async def aopen(self, run_id: str, *, token: str | None = None, wait: float = 0.0,
+                    announce_restart: bool = True) -> RunWriter:
         """``open()`` for async callers (on any loop but the writer's)."""
-        return await asyncio.to_thread(self.open, run_id, token=token, wait=wait)
+        return await asyncio.to_thread(self.open, run_id, token=token, wait=wait,
+                                       announce_restart=announce_restart)
 
     async def _claim(self, keys: RunKeys, token: str, wait: float) -> _Run:
         give_up = time.monotonic() + wait
@@ -215,15 +221,17 @@ class StreamWriter:
     # -- the write path (any thread) -------------------------------------------------------
 
     def _accept(
-        self, run: _Run, frame: str, ending: Terminal | None = None, *, block: bool = True
+        self, run: _Run, frame: str, ending: Terminal | None = None, *, block: bool = True,
+        room_timeout: float | None = None,
     ) -> int:
         size = len(frame)
         with self._cond:
-            self._check_writable(run)
+            # An ending is accepted during an outage: it is how the run ends once Redis is back.
+            self._check_writable(run, outage=ending is None)
             if self._buffered + size > self.settings.max_buffer_bytes:
                 if not block:
                     raise _NoRoom
-                self._wait_for_room(run, size)
+                self._wait_for_room(run, size, room_timeout, outage=ending is None)
             run.accepted += 1
             run.pending.append((run.accepted, frame, int(time.time() * 1000)))
             run.ending = ending
@@ -236,7 +244,7 @@ class StreamWriter:
             self._wake()
         return run.accepted
 
-    def _check_writable(self, run: _Run) -> None:
+    def _check_writable(self, run: _Run, *, outage: bool = True) -> None:
         if run.error is not None:
             raise run.error
         if run.ending is not None:
@@ -244,22 +252,27 @@ class StreamWriter:
         if self._stopping or self._thread is None:
             raise WriterStateError("writer is not running: start() it first")
         self._check_process()
-        if self._outage_since is not None:
+        if outage and self._outage_since is not None:
             down = time.monotonic() - self._outage_since
             if down > self.settings.unavailable_timeout:
-                raise StoreUnavailableError(f"Redis unreachable for {down:.1f} s")
+                raise StoreUnavailableError(
+                    f"Redis unreachable or refusing writes for {down:.1f} s "
+                    f"(last: {self._outage_reason})"
+                )
 
-    def _wait_for_room(self, run: _Run, size: int) -> None:
-        give_up = time.monotonic() + self.settings.buffer_timeout
+    def _wait_for_room(self, run: _Run, size: int, timeout: float | None, *,
+                       outage: bool) -> None:
+        timeout = self.settings.buffer_timeout if timeout is None else timeout
+        give_up = time.monotonic() + timeout
         while self._buffered + size > self.settings.max_buffer_bytes:
             left = give_up - time.monotonic()
             if left <= 0:
                 raise BufferFullError(
                     f"writer buffer full ({self._buffered} of "
-                    f"{self.settings.max_buffer_bytes} bytes) for {self.settings.buffer_timeout} s"
+                    f"{self.settings.max_buffer_bytes} bytes) for {timeout} s"
                 )
             self._cond.wait(left)
-            self._check_writable(run)
+            self._check_writable(run, outage=outage)
 
     def _wait_acked(self, run: _Run, upto: int, timeout: float) -> None:
         give_up = time.monotonic() + timeout
@@ -357,14 +370,15 @@ class StreamWriter:
         except _TRANSIENT as exc:
             await self._requeue(batch, exc)
             return
-        self._outage_since = None
         self._stats.flushes += 1
         if any(isinstance(reply, NoScriptError) for reply in replies):
             await self._load_scripts()
-        retry = [item for item, reply in zip(batch, replies, strict=True)
+        retry = [(item, reply) for item, reply in zip(batch, replies, strict=True)
                  if not self._settle(item[0], item[1], reply)]
         if retry:
-            await self._requeue(retry, None)
+            await self._requeue([item for item, _ in retry], retry[0][1])
+        else:
+            self._outage_since = None
 
     def _append_args(self, run: _Run, chunks: list[tuple[int, str, int]], ends: bool) -> list[Any]:
         keys = run.keys
@@ -375,7 +389,7 @@ class StreamWriter:
 
     def _settle(self, run: _Run, chunks: list[tuple[int, str, int]], reply: Any) -> bool:
         """Record one run's reply; False when the chunks must be sent again."""
-        if isinstance(reply, NoScriptError) or _is_oom(reply):
+        if isinstance(reply, NoScriptError | OutOfMemoryError):
             return False
         with self._cond:
             if isinstance(reply, Exception):
@@ -394,7 +408,7 @@ class StreamWriter:
         return True
 
     async def _requeue(self, batch: list[tuple[_Run, list[tuple[int, str, int]], bool]],
-                       exc: BaseException | None) -> None:
+                       exc: BaseException) -> None:
         """Put a failed batch back in front of the pending chunks and back off."""
         with self._cond:
             for run, chunks, _ in batch:
@@ -405,10 +419,11 @@ class StreamWriter:
                     self._buffered -= _size(chunks)
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
+            self._outage_reason = f"{type(exc).__name__}: {exc}"
             self._stats.retries += 1
             self._cond.notify_all()
             down = time.monotonic() - self._outage_since
-        if exc is not None:
+        if isinstance(exc, _TRANSIENT):
             logger.warning("flush failed (%s), retrying; Redis down for %.1f s", exc, down)
             await self._reset_client()
         await asyncio.sleep(min(_BACKOFF_MIN * 2 ** min(self._stats.retries, 6), _BACKOFF_MAX))
@@ -591,9 +606,11 @@ class RunWriter:
 
         Returns the last seq id. ``kind`` is done, error, cancelled, timeout or lost.
         """
+        give_up = time.monotonic() + timeout
         if self._run.ending is None:
-            self._writer._accept(self._run, terminal_frame(kind, message, type=type), kind)
-        self.flush(timeout)
+            frame = terminal_frame(kind, message, type=type)
+            self._writer._accept(self._run, frame, kind, room_timeout=timeout)
+        self.flush(max(give_up - time.monotonic(), 0.0))
         self._writer._forget(self._run)
         return self._run.seq
 
@@ -618,10 +635,6 @@ def _size(chunks: list[tuple[int, str, int]]) -> int:
     return sum(len(frame) for _, frame, _ in chunks)
 
 
-def _is_oom(reply: Any) -> bool:
-    return isinstance(reply, ResponseError) and str(reply).startswith("OOM")
-
-
 def _refusal(run: _Run, reply: Exception) -> WriterError:
     text = str(reply)
     name = run.keys.run_id
@@ -639,10 +652,12 @@ _shared_lock = threading.Lock()
 
 
 def shared_writer(settings: Settings | None = None, *, start_timeout: float = 5.0) -> StreamWriter:
-    """This process's writer, created and started on first use (again in a forked child)."""
+    """This process's writer, created and started on first use (again in a forked child, and
+    again after it was stopped: a worker stops it at shutdown, and in-process test workers
+    start and stop one after another)."""
     global _shared
     with _shared_lock:
-        if _shared is None or _shared[0] != os.getpid():
+        if _shared is None or _shared[0] != os.getpid() or not _shared[1].running:
             writer = StreamWriter(settings or Settings.from_env()).start(start_timeout)
             _shared = (os.getpid(), writer)
         return _shared[1]

@@ -1,0 +1,85 @@
+"""Flower shows runs with clear names, hidden secrets, and the STREAMING state with progress."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from worker_procs import ROOT, WorkerProcess
+
+from streaming.embedded import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def flower(redis_url: str) -> Iterator[tuple[WorkerProcess, str]]:
+    worker = WorkerProcess(redis_url).start()
+    port = free_port()
+    env = worker.env | {"FLOWER_UNAUTHENTICATED_API": "true"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={port}",
+         "--address=127.0.0.1"], cwd=ROOT, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: worker.queue in str(get(f"{url}/api/workers?refresh=1")), 30)
+        yield worker, url
+    finally:
+        process.terminate()
+        process.wait(20)
+        worker.stop()
+
+
+def get(url: str) -> object:
+    try:
+        response = httpx.get(url, timeout=5)
+    except httpx.TransportError:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
+def wait_until(condition, timeout: float, poll: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(poll)
+    return result
+
+
+def task_info(url: str, run_id: str, state: str) -> dict:
+    def seen():
+        info = get(f"{url}/api/task/info/{run_id}")
+        return info if isinstance(info, dict) and info.get("state") == state else None
+
+    return wait_until(seen, 20)
+
+
+def test_flower_shows_a_streaming_run_with_progress_then_its_summary(flower):
+    worker, url = flower
+    run_id = worker.runs.start("demo", {"text": "f" * 60, "chunk_size": 2, "rate": 10})
+    streaming = task_info(url, run_id, "STREAMING")
+    assert streaming["name"] == "tasks.generate[demo]"
+
+    def progress() -> dict | None:
+        shown = ast.literal_eval(task_info(url, run_id, "STREAMING")["result"])
+        return shown if shown["chunks"] >= 2 else None
+
+    shown = wait_until(progress, 10)
+    assert shown["run_id"] == run_id and shown["last_seq"] >= 1 and shown["attempt"] == 1
+    done = task_info(url, run_id, "SUCCESS")
+    assert "'ending': 'done'" in done["result"] and "'chunks': 30" in done["result"]
+
+
+def test_flower_shows_arguments_without_secrets(flower):
+    worker, url = flower
+    run_id = worker.runs.start("openai", {"prompt": "hi", "api_key": "sk-very-secret"})
+    info = task_info(url, run_id, "FAILURE")
+    assert "'prompt': 'hi'" in info["kwargs"] and "'***'" in info["kwargs"]
+    listed = get(f"{url}/api/tasks?limit=100")
+    assert run_id in listed and "sk-very-secret" not in str(listed)

@@ -1,0 +1,281 @@
+"""The writer against a real server: format, sequence, fencing, exactly-once, outages, fork."""
+
+import multiprocessing
+import os
+import threading
+import time
+
+import pytest
+
+from streaming import (
+    BufferFullError,
+    InvalidChunk,
+    RunBusyError,
+    RunClosedError,
+    StaleWriterError,
+    StoreUnavailableError,
+    StreamWriter,
+    Terminal,
+    WriterStateError,
+    read_events,
+    shared_writer,
+)
+from streaming.client import sync_client
+from tests.proxy import Proxy
+
+
+def stored(redis_client, run_id):
+    return redis_client.xrange(f"sse:run:{run_id}")
+
+
+def test_entries_have_the_seed_fields_and_contiguous_seq_ids(writer, redis_client, run_id):
+    run = writer.open(run_id)
+    for i in range(5):
+        run.send(f'{{"i": {i}}}')
+    assert run.finish() == 6
+    entries = stored(redis_client, run_id)
+    assert [fields["seq_id"] for _, fields in entries] == [str(i) for i in range(1, 7)]
+    assert [entry_id for entry_id, _ in entries] == [f"0-{i}" for i in range(1, 7)]
+    assert entries[0][1]["data"] == 'data: {"i": 0}\n\n'
+    assert all(set(f) == {"seq_id", "data", "timestamp"} for _, f in entries[:-1])
+    assert entries[-1][1] == {"seq_id": "6", "data": "data: [DONE]\n\n",
+                              "timestamp": entries[-1][1]["timestamp"], "complete": "true"}
+    assert abs(int(entries[0][1]["timestamp"]) - time.time() * 1000) < 60_000
+
+
+def test_ttl_while_active_then_retention_after_the_end(writer, settings, redis_client, run_id):
+    run = writer.open(run_id)
+    run.send("x")
+    run.flush()
+    assert settings.stream_ttl - 5 <= redis_client.ttl(f"sse:run:{run_id}") <= settings.stream_ttl
+    assert redis_client.pttl(f"sse:run:{run_id}:lease") > 0
+    run.finish()
+    assert settings.retention - 5 <= redis_client.ttl(f"sse:run:{run_id}") <= settings.retention
+    assert redis_client.exists(f"sse:run:{run_id}:lease") == 0
+
+
+def test_quiet_run_keeps_its_lease_and_ttl(writer, settings, redis_client, run_id):
+    run = writer.open(run_id)
+    run.send("x")
+    run.flush()
+    redis_client.expire(f"sse:run:{run_id}", 2)
+    time.sleep(settings.lease_ttl * 2)  # several refresh periods with nothing written
+    assert redis_client.pttl(f"sse:run:{run_id}:lease") > 0
+    assert redis_client.ttl(f"sse:run:{run_id}") > 2
+    run.finish()
+
+
+def test_exactly_one_terminal_entry_and_no_writes_after_it(writer, redis_client, run_id):
+    run = writer.open(run_id)
+    run.send("a")
+    run.finish(Terminal.ERROR, "boom", type="ValueError")
+    run.finish()  # a second finish is a no-op
+    with pytest.raises(RunClosedError):
+        run.send("late")
+    with pytest.raises(RunClosedError):
+        writer.open(run_id)
+    entries = stored(redis_client, run_id)
+    assert sum(1 for _, f in entries if f.get("complete") == "true") == 1
+    assert '"type": "ValueError"' in entries[-1][1]["data"]
+
+
+def test_a_new_writer_continues_the_run_after_a_restarted_event(settings, redis_client, run_id):
+    first = StreamWriter(settings).start()
+    run = first.open(run_id)
+    for i in range(3):
+        run.send(str(i))
+    run.flush()
+    first.stop()
+    redis_client.delete(f"sse:run:{run_id}:lease")  # the first process died; its lease lapsed
+    second = StreamWriter(settings).start()
+    try:
+        again = second.open(run_id)
+        assert again.attempt == 2
+        again.send("after")
+        assert again.finish() == 6
+    finally:
+        second.stop()
+    events = list(read_events(sync_client(settings, reader=True), run_id, settings))
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5, 6]
+    assert events[3].event == "restarted" and events[3].data == '{"attempt": 2}'
+
+
+def test_a_live_writer_fences_a_second_one(settings, writer, run_id):
+    run = writer.open(run_id)
+    run.send("x")
+    run.flush()
+    other = StreamWriter(settings).start()
+    try:
+        with pytest.raises(RunBusyError, match="held by another live writer"):
+            other.open(run_id, wait=0.2)
+    finally:
+        other.stop()
+    run.finish()
+
+
+def test_a_writer_that_lost_its_lease_is_fenced_off(settings, writer, redis_client, run_id):
+    stale = writer.open(run_id)
+    stale.send("old")
+    stale.flush()
+    redis_client.delete(f"sse:run:{run_id}:lease")  # e.g. a pause longer than the lease
+    newer = StreamWriter(settings).start()
+    try:
+        fresh = newer.open(run_id)
+        stale.send("interleaved?")
+        with pytest.raises(StaleWriterError, match="taken over"):
+            stale.flush()
+        with pytest.raises(StaleWriterError):
+            stale.send("again")
+        fresh.finish()
+    finally:
+        newer.stop()
+    datas = [f["data"] for _, f in stored(redis_client, run_id)]
+    assert "data: interleaved?\n\n" not in datas
+
+
+def test_waiting_claim_takes_over_once_the_old_lease_lapses(settings, writer, run_id):
+    old = writer.open(run_id)
+    old.send("x")
+    old.flush()
+    old.release()  # stops refreshing; the lease lapses after lease_ttl
+    other = StreamWriter(settings).start()
+    try:
+        run = other.open(run_id, wait=settings.lease_ttl * 3)
+        assert run.attempt == 2
+        run.finish()
+    finally:
+        other.stop()
+
+
+def test_bad_chunks_are_refused_before_buffering(settings, redis_url, run_id):
+    writer = StreamWriter(settings.replace(max_chunk_bytes=100)).start()
+    try:
+        run = writer.open(run_id)
+        with pytest.raises(InvalidChunk, match="exceeds"):
+            run.send("x" * 200)
+        with pytest.raises(InvalidChunk, match="UTF-8"):
+            run.send("\udcff")
+        with pytest.raises(InvalidChunk):
+            run.send(b"bytes")  # type: ignore[arg-type]
+        run.send("fine")
+        assert run.finish() == 2
+    finally:
+        writer.stop()
+
+
+def test_replies_lost_after_the_write_add_nothing_twice(settings, redis_client, redis_url, run_id):
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = Proxy(port)
+    writer = StreamWriter(settings.replace(redis_url=proxy.url)).start()
+    try:
+        run = writer.open(run_id)
+        for round_ in range(5):
+            for i in range(20):
+                run.send(f"{round_}-{i}")
+            proxy.drop_replies(1)  # the pipeline reaches Redis; its reply never comes back
+            run.flush(timeout=20)
+        run.finish(timeout=20)
+        assert writer.stats().retries >= 1
+    finally:
+        writer.stop()
+        proxy.close()
+    seqs = [int(f["seq_id"]) for _, f in stored(redis_client, run_id)]
+    assert seqs == list(range(1, 102))
+    datas = [f["data"] for _, f in stored(redis_client, run_id)][:-1]
+    assert datas == [f"data: {r}-{i}\n\n" for r in range(5) for i in range(20)]
+
+
+def test_outage_is_bounded_and_nothing_accepted_is_lost(settings, redis_client, redis_url, run_id):
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = Proxy(port)
+    outage = settings.replace(redis_url=proxy.url, max_buffer_bytes=2000, buffer_timeout=0.3,
+                              unavailable_timeout=1.0, lease_ttl=30)
+    writer = StreamWriter(outage).start()
+    try:
+        run = writer.open(run_id)
+        run.send("before")
+        run.flush()
+        proxy.set_refuse(True)
+        accepted = 0
+        with pytest.raises(BufferFullError, match="buffer full"):
+            for i in range(1000):
+                run.send(f"chunk {i:04}")
+                accepted += 1
+        assert writer.stats().buffered_bytes <= 2000
+        time.sleep(1.2)
+        with pytest.raises(StoreUnavailableError, match="unreachable"):
+            run.send("too late")
+        proxy.set_refuse(False)
+        run.flush(timeout=15)
+        run.finish(timeout=15)
+    finally:
+        writer.stop()
+        proxy.close()
+    datas = [f["data"] for _, f in stored(redis_client, run_id)]
+    assert datas[1:-1] == [f"data: chunk {i:04}\n\n" for i in range(accepted)]
+    assert [int(f["seq_id"]) for _, f in stored(redis_client, run_id)] == list(
+        range(1, accepted + 3))
+
+
+def _use_parent_writer(writer, queue):
+    try:
+        writer.open("anything")
+    except WriterStateError as exc:
+        queue.put(f"refused: {exc}")
+    try:
+        child = shared_writer(writer.settings)
+        run = child.open(f"fork-{os.getpid()}")
+        run.send("from the child")
+        queue.put(f"child wrote {run.finish()}")
+    except Exception as exc:  # report anything to the parent
+        queue.put(repr(exc))
+
+
+def test_a_writer_is_never_shared_across_fork(writer):
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_use_parent_writer, args=(writer, queue))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    first, second = queue.get(timeout=5), queue.get(timeout=5)
+    assert first.startswith("refused: this writer was created in process")
+    assert second == "child wrote 2"
+
+
+def test_writes_from_many_threads_keep_each_runs_order(writer, settings, redis_client):
+    runs = [writer.open(f"threads-{os.getpid()}-{time.time_ns()}-{i}") for i in range(8)]
+
+    def produce(run):
+        for i in range(300):
+            run.send(str(i))
+        run.finish()
+
+    threads = [threading.Thread(target=produce, args=(run,)) for run in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for run in runs:
+        datas = [f["data"] for _, f in stored(redis_client, run.run_id)]
+        assert datas == [f"data: {i}\n\n" for i in range(300)] + ["data: [DONE]\n\n"]
+
+
+def test_writer_refuses_use_before_start_and_after_stop(settings, run_id):
+    writer = StreamWriter(settings)
+    with pytest.raises(WriterStateError, match="not running"):
+        writer.open(run_id)
+    writer.start()
+    run = writer.open(run_id)
+    writer.stop()
+    with pytest.raises(WriterStateError):
+        run.send("x")
+
+
+def test_stop_flushes_everything_accepted(settings, redis_client, run_id):
+    writer = StreamWriter(settings).start()
+    run = writer.open(run_id)
+    for i in range(2000):
+        run.send(str(i))
+    writer.stop()
+    assert redis_client.xlen(f"sse:run:{run_id}") == 2000

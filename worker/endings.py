@@ -1,0 +1,98 @@
+"""Endings the worker's main process writes for runs whose task cannot write its own.
+
+- ``task_failure`` with ``WorkerLostError``: the child died (SIGKILL, OOM) and the message was
+  not requeued (``reject_on_worker_lost`` off, or retries exhausted): ``lost``.
+- ``task_failure`` with ``TimeLimitExceeded``: the hard time limit killed the child: ``timeout``.
+- ``task_revoked``: terminated on request (the fallback for a stuck run), or revoked before it
+  started: ``cancelled``; expired before it started: ``timeout``.
+
+A requeued task writes nothing here: its next attempt continues the run. Each ending is written
+from a short-lived thread, not the worker's event loop: the dead child's lease must lapse first
+(at most ``lease_ttl``), and the claim skips the ``restarted`` event (nothing restarts).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from billiard.exceptions import WorkerLostError
+from celery import signals
+from celery.exceptions import TimeLimitExceeded
+
+from streaming.errors import RunBusyError, RunClosedError, StreamingError
+from streaming.wire import Terminal
+from tasks import GENERATE
+
+if TYPE_CHECKING:
+    from .factory import StreamingCelery
+
+__all__ = ["connect", "end_run"]
+
+logger = logging.getLogger(__name__)
+_ending: set[str] = set()
+_ending_lock = threading.Lock()
+
+
+def connect(app: StreamingCelery) -> None:
+    """Write the endings of ``app``'s runs whose worker process was lost, killed or revoked."""
+
+    def failure(sender: Any = None, exception: object = None, kwargs: Any = None,
+                **_: Any) -> None:
+        if _ours(app, sender) and isinstance(exception, WorkerLostError | TimeLimitExceeded):
+            kind = Terminal.TIMEOUT if isinstance(exception, TimeLimitExceeded) else Terminal.LOST
+            end_run(app, _run_id(kwargs), kind, _describe(exception))
+
+    def revoked(sender: Any = None, request: Any = None, terminated: bool = False,
+                expired: bool = False, **_: Any) -> None:
+        if _ours(app, sender):
+            kind = Terminal.TIMEOUT if expired else Terminal.CANCELLED
+            reason = "expired before it started" if expired else (
+                "terminated" if terminated else "revoked")
+            end_run(app, _run_id(getattr(request, "kwargs", None)), kind, reason)
+
+    signals.task_failure.connect(failure, weak=False)
+    signals.task_revoked.connect(revoked, weak=False)
+
+
+def _ours(app: StreamingCelery, task: Any) -> bool:
+    return getattr(task, "app", None) is app and getattr(task, "name", None) == GENERATE
+
+
+def _run_id(kwargs: Any) -> str | None:
+    run_id = kwargs.get("run_id") if isinstance(kwargs, dict) else None
+    return run_id if isinstance(run_id, str) else None
+
+
+def _describe(exception: object) -> str:
+    if isinstance(exception, TimeLimitExceeded):
+        return f"the run exceeded its hard time limit ({exception}) and its process was killed"
+    return f"the worker process running the run was lost: {exception}"
+
+
+def end_run(app: StreamingCelery, run_id: str | None, kind: Terminal, message: str) -> None:
+    """Write ``run_id``'s ending from a thread of its own, once per run in this process."""
+    with _ending_lock:
+        if run_id is None or run_id in _ending:
+            return
+        _ending.add(run_id)
+    threading.Thread(target=_end, args=(app, run_id, kind, message), daemon=True,
+                     name=f"end-run-{run_id}").start()
+
+
+def _end(app: StreamingCelery, run_id: str, kind: Terminal, message: str) -> None:
+    wait = app.config.streaming.lease_ttl + 1.0  # the dead process's lease lapses by then
+    try:
+        run = app.stream_writer().open(run_id, wait=wait, announce_restart=False)
+        if kind is Terminal.CANCELLED and run.cancel_requested:
+            message = run.cancel_requested  # the reason the canceller gave
+        run.finish(kind, message)
+        logger.warning("run %s ended by the worker: %s (%s)", run_id, kind.value, message)
+    except (RunBusyError, RunClosedError):
+        logger.info("run %s is served by another attempt or has ended", run_id)
+    except StreamingError:
+        logger.exception("could not write the ending of run %s", run_id)
+    finally:
+        with _ending_lock:
+            _ending.discard(run_id)

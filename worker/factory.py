@@ -1,0 +1,46 @@
+"""The Celery app of the stream workers, built from a ``WorkerConfig``."""
+
+from __future__ import annotations
+
+import redis
+from celery import Celery
+
+from streaming.client import sync_client
+from streaming.writer import StreamWriter, shared_writer
+
+from . import endings, lifecycle
+from .config import WorkerConfig, celery_settings
+
+__all__ = ["StreamingCelery", "create_app"]
+
+
+class StreamingCelery(Celery):
+    """A Celery app that carries the worker's configuration and the process's stream writer."""
+
+    def __init__(self, config: WorkerConfig, **kwargs: object) -> None:
+        include = ["tasks.generate", "tasks.generators", *config.generator_modules]
+        super().__init__("worker", include=include, **kwargs)
+        self.config = config
+        self.conf.update(celery_settings(config))
+        #: For small reads (a run's cancel flag); connects on first use, and again after fork.
+        self.redis: redis.Redis = sync_client(config.streaming)
+        self._writer: StreamWriter | None = None
+
+    def stream_writer(self, start_timeout: float = 2.0) -> StreamWriter:
+        """This process's stream writer, started on first use (after fork, in each child);
+        starting waits at most ``start_timeout`` s for its thread (it does no I/O)."""
+        self._writer = shared_writer(self.config.streaming, start_timeout=start_timeout)
+        return self._writer
+
+    def stop_stream_writer(self, timeout: float) -> None:
+        """Flush and stop this process's writer, if it started one (at most ``timeout`` s)."""
+        if self._writer is not None:
+            self._writer.stop(timeout)  # a writer inherited from the parent is left alone
+
+
+def create_app(config: WorkerConfig, **kwargs: object) -> StreamingCelery:
+    """A configured app whose worker starts and stops stream writers and ends lost runs."""
+    app = StreamingCelery(config, **kwargs)
+    lifecycle.connect(app)
+    endings.connect(app)
+    return app
