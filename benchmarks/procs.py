@@ -108,4 +108,6 @@ def answer_async(channel: Channel, coro: Coroutine[Any, Any, Any], teardown: flo
             task.cancel()
         if leftover:
             loop.run_until_complete(asyncio.wait(leftover, timeout=teardown))
+        # Tasks still pending now are abandoned on purpose: no "destroyed but pending" noise.
+        loop.set_exception_handler(lambda loop, context: None)
         loop.close()

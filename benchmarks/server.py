@@ -38,31 +38,28 @@ SCRIPT_CALLS = frozenset(
 
 @dataclass
 class CommandMeter:
-    """Commands the server processed between ``start()`` and ``stop()``, ours excluded."""
+    """Commands the server processed between ``start()`` and ``stop()``, from the per-command
+    counts of ``INFO commandstats`` (``INFO`` itself left out, so polling it is free)."""
 
     client: redis.Redis
-    _before: int = 0
-    _stats_before: dict[str, int] | None = None
+    _before: dict[str, int] | None = None
     _cpu_before: float = 0.0
     _started: float = 0.0
 
     def start(self) -> None:
-        self._stats_before = command_calls(self.client)
+        self._before = command_calls(self.client)
         self._cpu_before = _server_cpu(self.client)
-        self._before = _processed(self.client)
         self._started = time.monotonic()
 
     def stop(self) -> dict[str, Any]:
         """Over the window: ``commands`` (all the server processed, calls made by scripts
-        included), ``sent`` (commands clients sent: scripts' own calls left out), both per
-        second, ``by_command`` and the server's CPU use (``server_cpu_percent``)."""
-        total = _processed(self.client) - self._before - 1  # the INFO of stop() itself
+        included, as ``total_commands_processed`` counts them), ``sent`` (commands clients
+        sent: the scripts' own calls left out), both also per second, ``by_command`` and the
+        server's CPU use (``server_cpu_percent``)."""
         seconds = time.monotonic() - self._started
         cpu = _server_cpu(self.client) - self._cpu_before
-        after = command_calls(self.client)
-        before = self._stats_before or {}
-        by_command = {name: calls - before.get(name, 0) for name, calls in after.items()
-                      if name != "info" and calls != before.get(name, 0)}
+        by_command = calls_since(self.client, self._before or {})
+        total = sum(by_command.values())
         scripted = any(name.startswith(("eval", "fcall")) for name in by_command)
         inside = sum(n for name, n in by_command.items() if scripted and name in SCRIPT_CALLS)
         return {"commands": total, "seconds": seconds, "per_second": total / seconds,
@@ -70,14 +67,17 @@ class CommandMeter:
                 "server_cpu_percent": 100 * cpu / seconds}
 
 
+def calls_since(client: redis.Redis, before: dict[str, int]) -> dict[str, int]:
+    """Calls of each command (``INFO`` left out) since the counts ``before``."""
+    after = command_calls(client)
+    return {name: calls - before.get(name, 0) for name, calls in after.items()
+            if name != "info" and calls != before.get(name, 0)}
+
+
 def command_calls(client: redis.Redis) -> dict[str, int]:
     """Calls so far of each command, from ``INFO commandstats``."""
     stats = client.info("commandstats")
     return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
-
-
-def _processed(client: redis.Redis) -> int:
-    return int(client.info("stats")["total_commands_processed"])
 
 
 def _server_cpu(client: redis.Redis) -> float:

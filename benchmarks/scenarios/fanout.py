@@ -13,9 +13,17 @@ from typing import Any
 
 from ..core import Context, Figure, Result, Target, scenario
 from ..procs import Child
-from ..stats import percentile
 from .common import cleanup, run_ids
-from .sides import hub_readers, project_producer, run_pair, seed_producer, seed_readers
+from .sides import (
+    HUB_CLIENT_NOTE,
+    delay_ms,
+    hub_readers,
+    project_producer,
+    received_percent,
+    run_pair,
+    seed_producer,
+    seed_readers,
+)
 
 NAME = "fan-out"
 RATE = 1.0
@@ -36,13 +44,15 @@ def run(ctx: Context) -> Result:
     seed = _measure(ctx, seed_n, seconds, "s") if ctx.seed else None
     label = f"N={n:,}" + (f" (seed: N={seed_n:,})" if seed else "")
     for q, target in ((50, None), (99, Target(limit=100.0))):
-        result.add(Figure(f"p{q} delivery, {label}", "ms", "lower", _ms(project, q),
-                          _ms(seed, q) if seed else ctx.seed_missing, target=target))
-    result.add(Figure(f"chunks received, {label}", "%", "higher", _received(project),
-                      _received(seed) if seed else ctx.seed_missing, target=Target(limit=100)))
+        result.add(Figure(f"p{q} delivery, {label}", "ms", "lower", delay_ms(project, q),
+                          delay_ms(seed, q) if seed else ctx.seed_missing, target=target))
+    result.add(Figure(f"chunks received, {label}", "%", "higher", received_percent(project),
+                      received_percent(seed) if seed else ctx.seed_missing,
+                      target=Target(limit=100)))
     result.add(Figure("readers joined and waiting", "s", "lower", project["join_seconds"],
                       note=f"N={n:,}"))
     result.params["hub"] = project.get("hub")
+    result.notes.append(HUB_CLIENT_NOTE)
     result.params["seed_read_errors"] = seed["errors"] if seed else None
     cleanup(ctx.redis_url, NAME)
     return result
@@ -63,10 +73,3 @@ def _measure(ctx: Context, n: int, seconds: float, side: str) -> dict[str, Any]:
     produced, read = run_pair(producer, make, ids, seconds, GRACE)
     return {"sent": sum(produced["sent"]), **read}
 
-
-def _ms(side: dict[str, Any], q: float) -> float:
-    return percentile(side["delays_ns"], q) / 1e6
-
-
-def _received(side: dict[str, Any]) -> float:
-    return 100.0 * sum(side["counts"].values()) / max(side["sent"], 1)

@@ -12,9 +12,16 @@ from typing import Any
 from ..core import Context, Figure, Result, Target, scenario
 from ..procs import Child
 from ..server import round_trip
-from ..stats import percentile
 from .common import cleanup, run_ids
-from .sides import hub_readers, project_producer, run_pair, seed_producer, seed_readers
+from .sides import (
+    delay_ms,
+    hub_readers,
+    project_producer,
+    received_percent,
+    run_pair,
+    seed_producer,
+    seed_readers,
+)
 
 NAME = "latency"
 GRACE = 5.0
@@ -30,12 +37,13 @@ def run(ctx: Context) -> Result:
     floor = ctx.ceiling("round_trip", lambda: round_trip(ctx.redis_url, ctx.size(5000, 20000)))
     source = f"{floor['source']}: one XADD round trip, one client"
     for q, limit in ((50, 2.0), (99, 10.0)):
-        result.add(Figure(f"p{q} write to receipt", "ms", "lower", _ms(project, q),
-                          _ms(seed, q) if seed else ctx.seed_missing,
+        result.add(Figure(f"p{q} write to receipt", "ms", "lower", delay_ms(project, q),
+                          delay_ms(seed, q) if seed else ctx.seed_missing,
                           ceiling=floor[f"p{q}_ms"], ceiling_source=source,
                           target=Target(limit=limit)))
-    result.add(Figure("chunks received", "%", "higher", _received(project),
-                      _received(seed) if seed else ctx.seed_missing, target=Target(limit=100)))
+    result.add(Figure("chunks received", "%", "higher", received_percent(project),
+                      received_percent(seed) if seed else ctx.seed_missing,
+                      target=Target(limit=100)))
     cleanup(ctx.redis_url, NAME)
     return result
 
@@ -59,10 +67,3 @@ def _measure_seed(ctx: Context, runs: int, rate: int, seconds: float) -> dict[st
         ids, seconds, GRACE)
     return {"sent": sum(produced["sent"]), **read}
 
-
-def _ms(side: dict[str, Any], q: float) -> float:
-    return percentile(side["delays_ns"], q) / 1e6
-
-
-def _received(side: dict[str, Any]) -> float:
-    return 100.0 * sum(side["counts"].values()) / max(side["sent"], 1)

@@ -23,10 +23,24 @@ from streaming.settings import Settings
 from streaming.writer import StreamWriter
 
 from ..procs import Channel, Child, answer_async
+from ..stats import percentile
 from .common import chunk_data, load_seed, open_runs, sent_at, sse_frame
 
-__all__ = ["hub_readers", "project_producer", "run_pair", "seed_producer", "seed_readers"]
+__all__ = [
+    "HUB_CLIENT_NOTE",
+    "delay_ms",
+    "hub_readers",
+    "project_producer",
+    "received_percent",
+    "run_pair",
+    "seed_producer",
+    "seed_readers",
+]
 
+#: Shown with the scenarios that start many readers at once.
+HUB_CLIENT_NOTE = ("the hub is given a client on a blocking pool of 50 connections: with its "
+                   "default client (redis-py 8: 100 connections, then MaxConnectionsError) "
+                   "readers past the 100th joining at once fail")
 GO_TIMEOUT = 300.0
 HUB_POOL = 50
 STOP_TIMEOUT = 600.0
@@ -229,6 +243,16 @@ async def _cancel(tasks: list[asyncio.Task[None]], timeout: float = 5.0) -> None
     for task in done:
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
+
+
+def delay_ms(side: dict[str, Any], q: float) -> float:
+    """The ``q``-th percentile of a readers result's delays, in ms."""
+    return percentile(side["delays_ns"], q) / 1e6
+
+
+def received_percent(side: dict[str, Any]) -> float:
+    """Chunks the readers got, as a percentage of those the producer sent (``side["sent"]``)."""
+    return 100.0 * sum(side["counts"].values()) / max(side["sent"], 1)
 
 
 def run_pair(producer: Child, make_readers: Callable[[], Child], ids: list[str],
