@@ -77,6 +77,11 @@ def _volume(ctx: Context, result: Result) -> None:
                       seed["buffered_peak"] / MIB if seed else ctx.seed_missing,
                       target=Target(limit=bound / MIB)))
     result.params["volume"].update(project=_brief(project), seed=_brief(seed))
+    if project["buffered_peak"] > 0:
+        ratio = (project["rss_peak"] - project["rss_start"]) / project["buffered_peak"]
+        result.notes.append(f"project: RSS grew {ratio:.1f} MiB per MiB counted against "
+                            "max_buffer_bytes (frame characters; the buffered chunk objects "
+                            "and the pipelines being sent take the rest)")
 
 
 def project_volume(channel: Channel, url: str, ids: list[str], chunks: int) -> None:
