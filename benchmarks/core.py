@@ -133,7 +133,8 @@ class Context:
         """The server ceiling ``name``, measured once per harness run."""
         if name not in self.ceilings:
             self.ceilings[name] = measure()
-        return self.ceilings[name]
+        found: dict[str, Any] = self.ceilings[name]
+        return found
 
     def settings(self, **overrides: Any) -> Settings:
         return Settings(redis_url=self.redis_url, **overrides)

@@ -17,9 +17,8 @@ try:
     from rich.console import Console
     from rich.table import Table
 
-    _console: Console | None = Console()
-    if not _console.is_terminal:  # a file or a pipe: wide enough that tables do not wrap
-        _console = Console(width=160)
+    # Not a terminal (a file, a pipe): wide enough that the tables do not wrap.
+    _console: Console | None = Console() if Console().is_terminal else Console(width=160)
 except ImportError:  # rich is optional: plain text then
     _console = None
 

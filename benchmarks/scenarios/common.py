@@ -119,7 +119,8 @@ def stream_audit(url: str, ids: list[str]) -> dict[str, int]:
     entries = unique = 0
     try:
         for run_id in ids:
-            seqs = [fields.get("seq_id") for _, fields in client.xrange(f"sse:run:{run_id}")]
+            found = client.xrange(f"sse:run:{run_id}") or []
+            seqs = [(fields or {}).get("seq_id") for _, fields in found]
             entries += len(seqs)
             unique += len(set(seqs))
     finally:

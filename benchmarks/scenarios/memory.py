@@ -313,7 +313,7 @@ def _refused(tally: dict[str, int]) -> dict[str, float]:
 def _growth(side: dict[str, Any] | None) -> float:
     if side is None:
         return float("nan")
-    return (side["rss_peak"] - side["rss_start"]) / MIB
+    return float(side["rss_peak"] - side["rss_start"]) / MIB
 
 
 def _late_growth(side: dict[str, Any]) -> float:

@@ -247,12 +247,13 @@ async def _cancel(tasks: list[asyncio.Task[None]], timeout: float = 5.0) -> None
 
 def delay_ms(side: dict[str, Any], q: float) -> float:
     """The ``q``-th percentile of a readers result's delays, in ms."""
-    return percentile(side["delays_ns"], q) / 1e6
+    return float(percentile(side["delays_ns"], q) / 1e6)
 
 
 def received_percent(side: dict[str, Any]) -> float:
     """Chunks the readers got, as a percentage of those the producer sent (``side["sent"]``)."""
-    return 100.0 * sum(side["counts"].values()) / max(side["sent"], 1)
+    received: int = sum(side["counts"].values())
+    return 100.0 * received / max(int(side["sent"]), 1)
 
 
 def run_pair(producer: Child, make_readers: Callable[[], Child], ids: list[str],

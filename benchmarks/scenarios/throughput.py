@@ -59,7 +59,7 @@ def _median_rate(ctx: Context, repeats: int, make: Any, runs: int, chunks: int,
             raise RuntimeError(f"{side}: only {stored} of {runs * chunks} chunks stored")
         rates.append(runs * chunks / seconds)
         cleanup(ctx.redis_url, NAME)
-    return statistics.median(rates)
+    return float(statistics.median(rates))
 
 
 def project_side(channel: Channel, url: str, ids: list[str], chunks: int) -> None:
