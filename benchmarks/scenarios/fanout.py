@@ -36,7 +36,7 @@ TICK = 0.01
 @scenario(NAME, "Fan-out: N concurrent readers in one process, each run 1 chunk/s")
 def run(ctx: Context) -> Result:
     n, seed_n = ctx.size(500, 10_000), ctx.size(200, 1000)
-    seconds = ctx.size(2.0, 10.0)
+    seconds = ctx.size(1.5, 10.0)
     result = Result(NAME, params={"readers": n, "seed_readers": seed_n, "seconds": seconds,
                                   "chunks_per_second_per_run": RATE, "producer_tick": TICK,
                                   "reader": "ReaderHub, 1 blocking connection"})
