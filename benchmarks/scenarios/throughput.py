@@ -40,8 +40,7 @@ def run(ctx: Context) -> Result:
                                                        ctx.size(200_000, 1_000_000)))
     result.add(Figure("written until readable", "chunks/s", "higher", project, seed,
                       ceiling=ceiling["per_second"],
-                      ceiling_source=f"{ceiling['source']}: XADD of 100-byte chunks to 100 "
-                                     "streams, 50 clients, pipelines of 100",
+                      ceiling_source=ceiling["source"],
                       target=Target(limit=100_000, gain=3)))
     cleanup(ctx.redis_url, NAME)
     return result
