@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require
 
 from benchmarks import seed
 from benchmarks.core import SCENARIOS, SEED_MISSING
 from benchmarks.scenarios import load_all
+from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS_TIMEOUT = 240
