@@ -56,8 +56,10 @@ class Settings:
     #: Longest single blocking read of the shared reader; a waiting reader costs one
     #: command per this interval, shared by every reader of the process.
     block_timeout: float = 20.0
-    #: How often readers waiting on quiet runs check that the runs' producers are alive.
-    liveness_interval: float = 10.0
+    #: How often readers waiting on quiet runs check that the runs' producers are alive: two
+    #: server-side calls per quiet run and interval (0.1 per second at the default), one
+    #: command for many runs.
+    liveness_interval: float = 20.0
     #: How long a run may have no live producer (and no terminal entry) before readers end
     #: it with a ``lost`` terminal error. Covers a queued run whose task has not started.
     producer_timeout: float = 30.0
@@ -68,6 +70,11 @@ class Settings:
     reader_queue: int = 1000
     #: Timeout of one Redis command that is not a blocking read.
     socket_timeout: float = 5.0
+    #: Secret that signs read tokens (``streaming.tokens``), shared by every web process;
+    #: at least 32 characters. ``None``: the web endpoint needs an ``auth`` hook instead.
+    token_secret: str | None = dataclasses.field(default=None, repr=False)
+    #: Lifetime of the read tokens a host app issues (``streaming.tokens.issue_token``).
+    token_ttl: float = 24 * 3600
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

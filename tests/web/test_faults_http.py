@@ -25,21 +25,17 @@ import psutil
 import pytest
 import redis
 
-# Until the web tier (issue 4) is merged here; remove with the merge.
-pytest.importorskip("streaming.web", reason="needs the web tier (issue 4)")
-
 from examples.app import create_app
-from streaming.tokens import TokenSigner
-from streaming.web import StreamEndpoints
-from tests.web.http_server import ServerThread
-
 from streaming.client import sync_client
 from streaming.settings import Settings
+from streaming.tokens import TokenSigner
+from streaming.web import StreamEndpoints
 from streaming.wire import MAX_SEQ, RunKeys
 from streaming.writer import RunWriter, StreamWriter
 from tests.monitor import FOREIGN, STATUS_ONLY, Monitor, foreign_id, keys_of, names_of
 from tests.proxy import Proxy
 from tests.web.app_process import AppProcess
+from tests.web.http_server import ServerThread
 
 pytestmark = pytest.mark.fault
 SECRET = "fault-suite-" + "s" * 32
