@@ -160,3 +160,17 @@ def test_the_writer_refuses_a_run_whose_keys_hold_another_kind(watched, run_id, 
         writer.stop(timeout=2)
     assert unchanged(admin, key, kind)
     assert sorted(admin.keys(f"sse:run:{run_id}*")) == [key]
+
+
+def test_a_lease_of_another_kind_is_no_live_producer(watched, run_id):
+    """A claimed run whose lease key holds a hash without expiry: readers end with ``lost``
+    once the producer timeout passes, instead of waiting for that 'producer' forever."""
+    local, _, admin = watched
+    keys = RunKeys.for_run(run_id)
+    admin.hset(keys.meta, mapping={"attempt": 1, "seq": 0})
+    admin.hset(keys.lease, "field", "foreign")
+    client = sync_client(local, reader=True)
+    bound = local.producer_timeout + 2 * local.liveness_interval + 2
+    events = within(bound, lambda: list(read_events(client, run_id, local)))
+    assert [e.terminal for e in events] == [Terminal.LOST]
+    client.close()
