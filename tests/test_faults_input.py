@@ -6,7 +6,6 @@ own keys' types, and is refused by the writer without touching the foreign key.
 """
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 
@@ -26,6 +25,7 @@ from streaming import (
 from streaming.client import sync_client
 from streaming.wire import MAX_SEQ, RunKeys
 from tests.monitor import FOREIGN, STATUS_ONLY, Monitor, foreign_id, keys_of, names_of
+from tests.waiting import within
 
 pytestmark = pytest.mark.fault
 
@@ -50,16 +50,6 @@ def foreign_key(admin, kind_of_key, make, run_id):
     make(admin, key)
     admin.expire(key, 5000)
     return keys, key
-
-
-def within(seconds, call):
-    """``call()``'s result, failing (not hanging) if it takes longer than ``seconds``."""
-    result = []
-    thread = threading.Thread(target=lambda: result.append(call()), daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"still blocked after {seconds} s"
-    return result[0]
 
 
 def unchanged(admin, key, kind):
