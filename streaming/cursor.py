@@ -15,7 +15,10 @@ from typing import Any
 from .errors import InvalidCursor
 from .wire import Event, RunKeys, Terminal, entry_event, made_event, parse_frame, terminal_of
 
-__all__ = ["Entry", "RunCursor", "RunStatus", "id_key", "stream_id_after", "xread_reply"]
+__all__ = [
+    "NOT_A_RUN", "Entry", "RunCursor", "RunStatus", "id_key", "stream_id_after", "wrong_type",
+    "xread_reply",
+]
 
 Entry = tuple[str, dict[str, str]]
 
@@ -39,7 +42,7 @@ class RunStatus:
         A stream key that holds another type is not a run: reported as ``missing``.
         """
         if reply[4] not in ("none", "stream"):
-            return cls("missing", 0, 0, "", False)
+            return NOT_A_RUN
         state, ending = str(reply[0]), str(reply[3])
         if reply[5]:  # the seed's stream ended: its ending frame tells how
             state, ending = "ended", terminal_of(*parse_frame(reply[5])).value
@@ -48,6 +51,15 @@ class RunStatus:
     @property
     def terminal(self) -> Terminal | None:
         return Terminal(self.ending) if self.ending else None
+
+
+#: A run whose stream key holds another kind of value: not a run (any more).
+NOT_A_RUN = RunStatus("missing", 0, 0, "", False)
+
+
+def wrong_type(exc: Exception) -> bool:
+    """Whether Redis refused a read because the key holds another kind of value."""
+    return str(exc).startswith("WRONGTYPE")
 
 
 def xread_reply(reply: Any) -> list[tuple[str, list[Entry]]]:

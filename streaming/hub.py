@@ -29,7 +29,7 @@ from redis.retry import Retry
 
 from . import scripts
 from .client import async_client
-from .cursor import Entry, RunCursor, RunStatus, id_key, xread_reply
+from .cursor import NOT_A_RUN, Entry, RunCursor, RunStatus, id_key, wrong_type, xread_reply
 from .errors import ReaderError
 from .settings import Settings
 from .wire import Event, RunKeys, Terminal, parse_cursor
@@ -178,7 +178,7 @@ class _Shard:
         for key in list(self.subs):
             if await self.hub.client.type(key) not in ("stream", "none"):
                 for sub in self.subs.pop(key):
-                    sub.status = RunStatus("missing", 0, 0, "", False)
+                    sub.status = NOT_A_RUN
                     sub.wake.set()
                 self.pos.pop(key, None)
 
@@ -334,8 +334,15 @@ class HubReader:
         # A reader whose client does not read holds its batch: reader_queue bounds it here too.
         count = min(_BATCH, self.hub.settings.reader_queue)
         while not cursor.done:
-            reply = xread_reply(await self.hub.client.xread(
-                {cursor.keys.stream: cursor.last_id}, count=count))
+            try:
+                reply = xread_reply(await self.hub.client.xread(
+                    {cursor.keys.stream: cursor.last_id}, count=count))
+            except ResponseError as exc:
+                if not wrong_type(exc):
+                    raise
+                for event in cursor.check_alive(NOT_A_RUN):  # its stream key was replaced
+                    yield event
+                return
             entries = reply[0][1] if reply else []
             for event in cursor.feed(entries):
                 yield event

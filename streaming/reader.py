@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import redis
 
 from .control import run_status
-from .cursor import RunCursor, RunStatus, xread_reply
+from .cursor import NOT_A_RUN, RunCursor, RunStatus, wrong_type, xread_reply
 from .settings import Settings
 from .wire import Event, RunKeys, Terminal, parse_cursor
 
@@ -43,8 +43,14 @@ class RunReader:
         yield from cursor.check_start(self._status())
         block_ms = int(min(self.settings.liveness_interval, self.settings.block_timeout) * 1000)
         while not cursor.done:
-            reply = xread_reply(self.client.xread(
-                {cursor.keys.stream: cursor.last_id}, count=_BATCH, block=block_ms))
+            try:
+                reply = xread_reply(self.client.xread(
+                    {cursor.keys.stream: cursor.last_id}, count=_BATCH, block=block_ms))
+            except redis.ResponseError as exc:
+                if not wrong_type(exc):
+                    raise
+                yield from cursor.check_alive(NOT_A_RUN)  # its stream key was replaced
+                return
             if reply:
                 yield from cursor.feed(reply[0][1])
             else:
