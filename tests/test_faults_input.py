@@ -164,3 +164,29 @@ def test_a_lease_of_another_kind_is_no_live_producer(watched, run_id):
     events = within(bound, lambda: list(read_events(client, run_id, local)))
     assert [e.terminal for e in events] == [Terminal.LOST]
     client.close()
+
+
+def replaced_stream(admin, run_id):
+    """A run that was claimed (its meta says so) whose stream key now holds a string."""
+    keys = RunKeys.for_run(run_id)
+    admin.hset(keys.meta, mapping={"attempt": 1, "seq": 3})
+    admin.set(keys.stream, "foreign")
+
+
+def test_a_stream_key_replaced_by_another_kind_ends_a_reader_with_lost(watched, run_id):
+    local, _, admin = watched
+    replaced_stream(admin, run_id)
+    client = sync_client(local, reader=True)
+    events = within(1.0, lambda: list(read_events(client, run_id, local)))
+    assert [e.terminal for e in events] == [Terminal.LOST]
+    assert admin.get(RunKeys.for_run(run_id).stream) == "foreign"
+    client.close()
+
+
+async def test_a_stream_key_replaced_by_another_kind_ends_a_hub_reader_with_lost(watched,
+                                                                                 run_id):
+    local, _, admin = watched
+    replaced_stream(admin, run_id)
+    async with ReaderHub(local) as hub:
+        events = await asyncio.wait_for(_collect(hub, run_id), 1.0)
+    assert [e.terminal for e in events] == [Terminal.LOST]

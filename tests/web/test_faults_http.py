@@ -111,6 +111,13 @@ def read_frames(response: httpx.Response, stop_after: int | None = None) -> list
     return frames
 
 
+def only_ending(body: str) -> str:
+    """The kind of the one error event ``body`` must consist of."""
+    frames = [f for f in body.split("\n\n") if f and not f.startswith(("retry:", ":"))]
+    assert len(frames) == 1 and frames[0].startswith("event: error\n"), frames
+    return str(json.loads(frames[0].split("data: ", 1)[1])["error"]["kind"])
+
+
 def frame_id(frame: bytes) -> int:
     return int(frame.split(b"\n", 1)[0].removeprefix(b"id: "))
 
@@ -245,14 +252,25 @@ def test_a_key_of_another_kind_gets_one_error_event_at_once(watched, run_id, whi
                             params={"token": app.token(run_id)})
     commands = monitor.since(start)
     assert response.status_code == 200 and response.elapsed.total_seconds() < 1.0
-    frames = [f for f in response.text.split("\n\n") if f and not f.startswith(("retry:", ":"))]
-    assert len(frames) == 1 and frames[0].startswith("event: error\n")
-    assert json.loads(frames[0].split("data: ", 1)[1])["error"]["kind"] == "not_found"
+    assert only_ending(response.text) == "not_found"
     assert status.status_code == 404 and status.json()["state"] == "missing"
     keys = RunKeys.for_run(run_id)
     assert keys_of(commands) <= {keys.stream, keys.meta, keys.lease}
     assert names_of(commands) <= STATUS_ONLY
     assert admin.type(key) == kind
+
+
+def test_a_replaced_stream_key_gets_one_lost_event_at_once(watched, run_id):
+    """A claimed run whose stream key now holds a string: an explicit ending, not a response
+    that breaks off (which a browser would retry forever)."""
+    app, _, admin = watched
+    keys = RunKeys.for_run(run_id)
+    admin.hset(keys.meta, mapping={"attempt": 1, "seq": 3})
+    admin.set(keys.stream, "foreign")
+    with httpx.Client(timeout=5) as client:
+        response = client.get(app.stream(run_id), params={"token": app.token(run_id)})
+    assert response.status_code == 200 and response.elapsed.total_seconds() < 1.0
+    assert only_ending(response.text) == "lost"
 
 
 # -- case 14: the API cut off from Redis during blocking reads ----------------------------------
