@@ -32,9 +32,11 @@ DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
               help="The seed's redis_stream_manager.py [default: ../shared/seed/ beside the repo].")
 @click.option("--redis-url", envvar="REDIS_URL", default=None,
               help="Use this server instead of a private embedded one [env: REDIS_URL].")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Also write the tables as Markdown (for the README).")
 @click.option("--list", "list_only", is_flag=True, help="List the scenarios and exit.")
 def main(quick: bool, names: tuple[str, ...], json_path: Path, seed_path: str | None,
-         redis_url: str | None, list_only: bool) -> None:
+         redis_url: str | None, markdown_path: Path | None, list_only: bool) -> None:
     """Benchmark this project against the seed design, on the same server, in one run."""
     load_all()
     if list_only:
@@ -53,6 +55,9 @@ def main(quick: bool, names: tuple[str, ...], json_path: Path, seed_path: str | 
         document = _run(ctx, list(names) or list(SCENARIOS), redis_url is not None)
     report.write_json(json_path, document)
     click.echo(f"\nresults written to {json_path}")
+    if markdown_path is not None:
+        markdown_path.write_text(document["markdown"])
+        click.echo(f"Markdown tables written to {markdown_path}")
     if any(item["status"] == "error" for item in document["scenarios"].values()):
         raise SystemExit(1)
 
@@ -71,15 +76,19 @@ def _run(ctx: Context, names: list[str], shared_server: bool) -> dict[str, Any]:
     client = redis.Redis.from_url(ctx.redis_url)
     info = machine.describe(client)
     client.close()
-    report.print_header(_header(ctx, info, shared_server))
-    results = {}
+    header = _header(ctx, info, shared_server)
+    report.print_header(header)
+    results, done = {}, []
     for name in names:
         result = _execute(ctx, name)
         report.print_result(result)
         results[name] = result.to_json()
+        done.append(result)
     info["load_after"] = machine.load()
-    report.print_header([f"\nload average (1, 5, 15 min) at the end: {info['load_after']}"])
+    footer = f"load average (1, 5, 15 min) at the end: {info['load_after']}"
+    report.print_header(["", footer])
     return {
+        "markdown": report.markdown([*header, footer], done),
         "mode": "quick" if ctx.quick else "full",
         "machine": info,
         "server": "REDIS_URL" if shared_server else "private embedded server",

@@ -39,6 +39,7 @@ __all__ = ["HubReader", "ReaderHub"]
 logger = logging.getLogger(__name__)
 _BATCH = 500
 _STATUS_KEYS = 300  # runs per STATUS call
+_POOL_SIZE = 50  # connections for catch-up reads and status checks; more readers wait their turn
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -211,7 +212,7 @@ class ReaderHub:
                  connections: int = 1) -> None:
         self.settings = settings
         self._own_client = client is None
-        self.client = client or async_client(settings, reader=True)
+        self.client = client or async_client(settings, reader=True, pool_size=_POOL_SIZE)
         self._connections = connections
         self._shards: list[_Shard] = []
         self.readers = 0
