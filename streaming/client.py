@@ -27,23 +27,22 @@ def _options(settings: Settings, reader: bool) -> dict[str, object]:
     }
 
 
-def async_client(settings: Settings, *, reader: bool = False, pool_size: int | None = None,
+def async_client(settings: Settings, *, reader: bool = False, max_connections: int | None = None,
                  **overrides: object) -> aredis.Redis:
     """An asyncio client for ``settings.redis_url``; use it on one event loop only.
 
-    ``reader=True`` sizes the socket timeout for blocking reads. ``pool_size`` caps the
-    connections: a command waits for a free one (up to the socket timeout) instead of failing
-    with ``MaxConnectionsError`` as redis-py's default pool does past 100.
+    ``reader=True`` sizes the socket timeout for blocking reads. ``max_connections`` bounds
+    the connections it opens: a command beyond them waits for one (at most the socket
+    timeout) instead of failing, as redis-py's default pool does past its 100.
     """
     options = _options(settings, reader) | overrides
     options.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
-    if pool_size is None:
+    if max_connections is None:
         return aredis.Redis.from_url(settings.redis_url, **options)  # type: ignore[arg-type]
     pool = aredis.BlockingConnectionPool.from_url(
-        str(settings.redis_url), max_connections=pool_size, timeout=options["socket_timeout"],
-        **options,
-    )
-    return aredis.Redis(connection_pool=pool)
+        settings.redis_url,  # type: ignore[arg-type]
+        max_connections=max_connections, timeout=options["socket_timeout"], **options)
+    return aredis.Redis.from_pool(pool)
 
 
 def sync_client(settings: Settings, *, reader: bool = False, **overrides: object) -> redis.Redis:

@@ -39,7 +39,9 @@ __all__ = ["HubReader", "ReaderHub"]
 logger = logging.getLogger(__name__)
 _BATCH = 500
 _STATUS_KEYS = 300  # runs per STATUS call
-_POOL_SIZE = 50  # connections for catch-up reads and status checks; more readers wait their turn
+#: Connections of the non-blocking commands (catch-up reads, status checks) of every reader:
+#: a burst of new readers waits its turn on these instead of opening one connection each.
+_POOL = 16
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -212,7 +214,7 @@ class ReaderHub:
                  connections: int = 1) -> None:
         self.settings = settings
         self._own_client = client is None
-        self.client = client or async_client(settings, reader=True, pool_size=_POOL_SIZE)
+        self.client = client or async_client(settings, reader=True, max_connections=_POOL)
         self._connections = connections
         self._shards: list[_Shard] = []
         self.readers = 0
@@ -329,13 +331,15 @@ class HubReader:
 
     async def _catch_up(self) -> AsyncIterator[Event]:
         cursor = self.cursor
+        # A reader whose client does not read holds its batch: reader_queue bounds it here too.
+        count = min(_BATCH, self.hub.settings.reader_queue)
         while not cursor.done:
             reply = xread_reply(await self.hub.client.xread(
-                {cursor.keys.stream: cursor.last_id}, count=_BATCH))
+                {cursor.keys.stream: cursor.last_id}, count=count))
             entries = reply[0][1] if reply else []
             for event in cursor.feed(entries):
                 yield event
-            if len(entries) < _BATCH:
+            if len(entries) < count:
                 return
 
     async def _follow(self) -> AsyncIterator[Event]:
