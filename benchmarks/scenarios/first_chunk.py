@@ -18,8 +18,11 @@ The figure held to the target is the difference of the medians / p99s.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from streaming.client import sync_client
 from streaming.reader import read_events
@@ -81,6 +84,7 @@ def _measure(ctx: Context, n: int) -> tuple[list[float], list[float], dict[str, 
     firsts: list[float] = []
     pings: list[float] = []
     ends: dict[str, int] = {}
+    tasks = list(ids)  # Celery task ids: their results are deleted at the end
     try:
         with services(ctx.redis_url) as started:
             start_worker(started)
@@ -88,12 +92,14 @@ def _measure(ctx: Context, n: int) -> tuple[list[float], list[float], dict[str, 
             for i, run_id in enumerate(ids):
                 started.check()
                 first, ending = _first_chunk(runs, reader, config, run_id)
-                ping = _ping(runs)
+                ping = _ping(runs, tasks)
                 if i >= WARM:
                     firsts.append(first)
                     pings.append(ping)
                     ends[ending] = ends.get(ending, 0) + 1
     finally:
+        with contextlib.suppress(RedisError):
+            runs.client.delete(*(f"celery-task-meta-{task}" for task in tasks))
         reader.close()
         runs.client.close()
         runs.celery.close()
@@ -128,7 +134,11 @@ def _first_chunk(runs: Runs, reader: Any, config: WorkerConfig,
     raise RuntimeError(f"run {run_id}: no ending within {DRAIN_TIMEOUT} s")
 
 
-def _ping(runs: Runs) -> float:
+def _ping(runs: Runs, tasks: list[str]) -> float:
+    """ms from sending a trivial task to its result (its id is added to ``tasks``)."""
     began = time.perf_counter()
-    runs.celery.send_task("celery.accumulate", args=(1,)).get(timeout=RESULT_TIMEOUT)
-    return (time.perf_counter() - began) * 1000
+    sent = runs.celery.send_task("celery.accumulate", args=(1,))
+    sent.get(timeout=RESULT_TIMEOUT)
+    took = (time.perf_counter() - began) * 1000
+    tasks.append(sent.id)
+    return took
