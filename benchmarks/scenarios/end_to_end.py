@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import os
 import secrets
 import statistics
 import time
@@ -66,7 +68,8 @@ def run(ctx: Context) -> Result:
     finally:
         cleanup(ctx.redis_url, NAME)
     for key in ("chunks_per_second", "p50_ms", "p99_ms", "received", "expected", "lost",
-                "repeated", "errors", "join_seconds"):
+                "repeated", "errors", "join_seconds", "app_cpu_percent",
+                "clients_cpu_percent"):
         result.params[f"{key} of each repeat"] = [one[key] for one in rounds]
     seed = "n/a (the seed has no HTTP tier)"
     result.add(Figure("chunks/s delivered", "chunks/s", "higher",
@@ -82,6 +85,12 @@ def run(ctx: Context) -> Result:
     result.add(Figure("clients connected and streaming", "s", "lower",
                       max(one["join_seconds"] for one in rounds), seed,
                       note=f"{clients:,} clients; worst repeat"))
+    result.add(Figure("app process CPU while streaming", "% of a core", "lower",
+                      statistics.median(one["app_cpu_percent"] for one in rounds), seed,
+                      note="uvicorn process, /proc stat, producer's go to its end"))
+    result.add(Figure("client processes' CPU while streaming", "% of a core", "lower",
+                      statistics.median(one["clients_cpu_percent"] for one in rounds), seed,
+                      note="all client processes, first to last receipt"))
     result.notes.append("seed: n/a, it has no HTTP tier of its own to measure")
     result.notes.append("every process (app, producer, clients, server) shares the machine's "
                         "cores: the latency is the whole system's on this machine")
@@ -106,6 +115,9 @@ def _tally(measured: dict[str, Any]) -> dict[str, Any]:
         "received": len(delays), "expected": expected, "lost": lost, "repeated": repeated,
         "errors": sum(part["errors"] for part in parts),
         "join_seconds": max(part["join_seconds"] for part in parts),
+        "app_cpu_percent": 100 * measured["app_cpu"],
+        "clients_cpu_percent": 100 * sum(part["cpu_seconds"] for part in parts)
+        / max((last - first) / 1e9, 1e-9),
     }
 
 
@@ -136,15 +148,28 @@ def _once(ctx: Context, started: Any, url: str, signer: TokenSigner, runs: int,
                    for i, share in enumerate(shares)]
         joined = [reader.channel.expect("ready", JOIN_TIMEOUT + 30) for reader in readers]
         started.check()
+        app_pid = started.services["app"].process.pid
+        cpu, began = cpu_seconds(app_pid), time.monotonic()
         producer.channel.send("go")
         produced = producer.channel.expect("result", seconds * 3 + 120)
+        app_cpu = (cpu_seconds(app_pid) - cpu) / (time.monotonic() - began)
         sent = dict(zip(ids, produced["sent"], strict=True))
         for reader in readers:
             reader.channel.send("stop", sent)
         parts = [reader.channel.expect("result", GRACE + 60) for reader in readers]
     for part, join in zip(parts, joined, strict=True):
         part.update(join)
-    return {"sent": sent, "parts": parts}
+    return {"sent": sent, "parts": parts, "app_cpu": app_cpu}
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of process ``pid`` so far; NaN without ``/proc``."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return math.nan
 
 
 def sse_clients(channel: Channel, base_url: str, streams: list[tuple[str, str]],
@@ -194,6 +219,7 @@ async def _clients(channel: Channel, base_url: str, streams: list[tuple[str, str
                                    f"{JOIN_TIMEOUT} s; {errors} failed: {failures[:3]}")
             await asyncio.sleep(0.05)
         channel.send("ready", {"join_seconds": time.monotonic() - began})
+        cpu = time.process_time()
         expected = await asyncio.to_thread(channel.expect, "stop", STOP_TIMEOUT)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and not all(
@@ -206,5 +232,5 @@ async def _clients(channel: Channel, base_url: str, streams: list[tuple[str, str
         "delays_ns": delays, "errors": errors, "failures": failures[:5],
         "clients": [(run_id, len(set(seqs[i])), len(seqs[i]) - len(set(seqs[i])))
                     for i, (run_id, _) in enumerate(streams)],
-        "first_ns": span[0], "last_ns": span[1],
+        "first_ns": span[0], "last_ns": span[1], "cpu_seconds": time.process_time() - cpu,
     }
