@@ -215,8 +215,8 @@ async def _clients(channel: Channel, base_url: str, streams: list[tuple[str, str
                  for i, (run_id, token) in enumerate(streams)]
         while not all(connected):
             if errors or time.monotonic() - began > JOIN_TIMEOUT:
-                raise TimeoutError(f"{sum(connected)} of {n} clients connected after "
-                                   f"{JOIN_TIMEOUT} s; {errors} failed: {failures[:3]}")
+                raise TimeoutError(f"{sum(connected)} of {n} clients connected (bound "
+                                   f"{JOIN_TIMEOUT} s); {errors} failed: {failures[:3]}")
             await asyncio.sleep(0.05)
         channel.send("ready", {"join_seconds": time.monotonic() - began})
         cpu = time.process_time()
