@@ -298,13 +298,22 @@ class ClusterFollower(Follower):
                 await listener.unsubscribe(channel)
         if not self.unrouted:
             return
-        if self.refresh:
+        if self.refresh:  # after a slot move: let the nodes agree on the new owner first
             self.refresh = False
+            await asyncio.sleep(_BACKOFF_MIN)
             await self.client.nodes_manager.initialize()
         await self.client.initialize()  # a no-op once the slot map is known
         for channel in list(self.unrouted):
-            await self._route(channel)
+            if channel not in self.unrouted:
+                continue  # its last reader left while another channel was subscribed
             del self.unrouted[channel]
+            try:
+                await self._route(channel)
+            except TRANSIENT:
+                self.unrouted[channel] = None
+                raise
+            if _stream_of(channel) not in self.pos and channel in self.route:
+                self.leaving[channel] = None  # its last reader left while it was subscribed
 
     async def _route(self, channel: str) -> None:
         node = self.client.get_node_from_key(channel)

@@ -10,6 +10,7 @@ as one Redis Cluster.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -45,9 +46,16 @@ def server_binary() -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (all held open while they are chosen)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 class EmbeddedServer:
@@ -152,9 +160,10 @@ class EmbeddedCluster:
         args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(node_timeout_ms)]
         # The cluster bus gets a free port of its own (by default it is the port + 10000).
-        self.bus_ports = [free_port() for _ in range(primaries)]
-        self.servers = [EmbeddedServer(extra_args=[*args, "--cluster-port", str(bus)])
-                        for bus in self.bus_ports]
+        ports = free_ports(2 * primaries)
+        self.bus_ports = ports[primaries:]
+        self.servers = [EmbeddedServer(port, extra_args=[*args, "--cluster-port", str(bus)])
+                        for port, bus in zip(ports[:primaries], self.bus_ports, strict=True)]
 
     @property
     def url(self) -> str:

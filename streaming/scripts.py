@@ -65,7 +65,8 @@ end
 # Appends the frames the meta hash has not acknowledged yet, so a batch replayed after a
 # lost reply adds nothing twice. In a cluster the writer names the run's shard channel (same
 # slot): the new last seq is published there once per call that added entries, which is how
-# readers' hubs learn of them. -> {last seq, acked, cancel}
+# readers' hubs learn of them (best effort: readers also poll quiet runs' status).
+# -> {last seq, acked, cancel}
 APPEND = Script("append", "#!lua\n" + _OWNER_CHECK + """
 local acked = tonumber(redis.call('HGET', KEYS[2], 'acked'))
 local first = tonumber(ARGV[6])
@@ -105,7 +106,7 @@ else
   redis.call('EXPIRE', KEYS[2], ARGV[3])
 end
 if ARGV[9] ~= '' then
-  redis.call('SPUBLISH', ARGV[9], seq)
+  redis.pcall('SPUBLISH', ARGV[9], seq)  -- a lost notification must not fail a stored write
 end
 return {seq, acked, cancel}
 """)
