@@ -7,6 +7,10 @@ The library half of the project: it never imports Celery, so web processes impor
 - ``read_events()``: a blocking reader for threads and command-line tools.
 - ``sse_frames()``: SSE text with ``id:`` lines and keepalive pings.
 - ``Settings``: every knob, read from the environment once.
+- ``TokenSigner``: signed, expiring read tokens scoped to one run.
+
+``streaming.web`` (the SSE endpoint for Starlette/FastAPI apps) needs the ``web`` extra and is
+not imported here.
 """
 
 from .control import (
@@ -19,6 +23,7 @@ from .control import (
 )
 from .cursor import RunStatus
 from .errors import (
+    AccessDenied,
     BufferFullError,
     ConfigurationError,
     FencedError,
@@ -33,6 +38,7 @@ from .errors import (
     StoreUnavailableError,
     StreamGoneError,
     StreamingError,
+    Unauthenticated,
     WriterError,
     WriterStateError,
 )
@@ -40,10 +46,12 @@ from .hub import HubReader, ReaderHub
 from .reader import RunReader, read_events
 from .settings import Settings
 from .sse import sse_frames
+from .tokens import TokenSigner
 from .wire import Event, Terminal, encode_frame, parse_cursor, validate_run_id
 from .writer import RunWriter, StreamWriter, shared_writer
 
 __all__ = [
+    "AccessDenied",
     "BufferFullError",
     "ConfigurationError",
     "Event",
@@ -67,6 +75,8 @@ __all__ = [
     "StreamWriter",
     "StreamingError",
     "Terminal",
+    "TokenSigner",
+    "Unauthenticated",
     "WriterError",
     "WriterStateError",
     "amark_pending",

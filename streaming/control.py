@@ -15,6 +15,7 @@ __all__ = [
     "amark_pending",
     "arequest_cancel",
     "arun_status",
+    "cancel_reason",
     "mark_pending",
     "request_cancel",
     "run_status",
@@ -71,6 +72,11 @@ async def arequest_cancel(client: AsyncClient, run_id: str, settings: Settings,
                           reason: str = "cancelled") -> bool:
     keys = _keys(run_id, settings)
     return bool(await client.eval(_CANCEL, 1, keys.meta, reason or "cancelled"))
+
+
+def cancel_reason(client: SyncClient, run_id: str, settings: Settings) -> str:
+    """The reason given to ``request_cancel()`` for the run; '' if none was."""
+    return client.hget(_keys(run_id, settings).meta, "cancel") or ""  # type: ignore[return-value]
 
 
 def run_status(client: SyncClient, run_id: str, settings: Settings) -> RunStatus:

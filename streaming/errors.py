@@ -15,6 +15,8 @@
     │       ├── RunBusyError: claimed while another live writer holds the run
     │       └── StaleWriterError: this writer lost the run to a newer one
     ├── ReaderError
+    ├── AccessDenied: the caller may not read this run (HTTP 403), e.g. a token for another run
+    │   └── Unauthenticated: no credentials, or forged, malformed or expired ones (HTTP 401)
     └── StreamGoneError (a WriterError and a ReaderError): the run's keys vanished under a
         writer or reader (expired, deleted, or Redis restarted empty)
 
@@ -25,6 +27,7 @@ they stop being retried.
 from __future__ import annotations
 
 __all__ = [
+    "AccessDenied",
     "BufferFullError",
     "ConfigurationError",
     "FencedError",
@@ -39,6 +42,7 @@ __all__ = [
     "StoreUnavailableError",
     "StreamGoneError",
     "StreamingError",
+    "Unauthenticated",
     "WriterError",
     "WriterStateError",
 ]
@@ -105,6 +109,15 @@ class StaleWriterError(FencedError):
 
 class ReaderError(StreamingError):
     """A stream could not be read."""
+
+
+class AccessDenied(StreamingError):
+    """The caller may not read this run. Decided before any Redis I/O, so it never tells
+    whether the run exists."""
+
+
+class Unauthenticated(AccessDenied):
+    """No credentials, or credentials that are forged, malformed or expired."""
 
 
 class StreamGoneError(ReaderError, WriterError):

@@ -97,6 +97,8 @@ class _Shard(Follower):
     async def _read_once(self) -> None:
         if self.client_id is None:
             self.client_id = int(await self.client.client_id())
+            if not self.pos:
+                return  # every reader left while the connection was set up
         settings = self.hub.settings
         block = min(settings.block_timeout, settings.liveness_interval)
         self.reading = dict(self.pos)
@@ -201,6 +203,7 @@ class HubReader:
     def __init__(self, hub: ReaderHub, cursor: RunCursor) -> None:
         self.hub = hub
         self.cursor = cursor
+        self._start: list[Event] | None = None
 
     @property
     def terminal(self) -> Terminal | None:
@@ -210,12 +213,30 @@ class HubReader:
     def last_seq(self) -> int:
         return self.cursor.after
 
+    @property
+    def exhausted(self) -> bool:
+        """Nothing (more) to yield: the reader has the run's ending. Meaningful after ``open()``."""
+        return self.cursor.done and not self._start
+
+    async def open(self) -> HubReader:
+        """Check the run before reading (iteration does it if you don't).
+
+        Raises ``InvalidCursor`` when the cursor is past the run's last seq; afterwards
+        ``terminal`` is set if the run ended and the cursor already has its ending (nothing
+        left to send: an HTTP server answers 204), or if the run does not exist.
+        """
+        if self._start is None:
+            status = (await self.hub.statuses([self.cursor.keys]))[0]
+            self._start = self.cursor.check_start(status)
+        return self
+
     async def __aiter__(self) -> AsyncIterator[Event]:
         cursor = self.cursor
         self.hub.readers += 1
         try:
-            status = (await self.hub.statuses([cursor.keys]))[0]
-            for event in cursor.check_start(status):
+            await self.open()
+            start, self._start = self._start or [], []
+            for event in start:
                 yield event
             while not cursor.done:
                 async for event in self._catch_up():

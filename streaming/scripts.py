@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-__all__ = ["APPEND", "CLAIM", "REFRESH", "STATUS", "Script"]
+__all__ = ["APPEND", "CLAIM", "REFRESH", "RELEASE", "STATUS", "Script"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,14 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 local m = redis.call('HMGET', KEYS[2], 'seq', 'acked', 'cancel')
 return {tonumber(m[1]), tonumber(m[2]), m[3] or ''}
+""")
+
+# KEYS: stream, meta, lease. ARGV: token. Drops the lease if this writer holds it.
+RELEASE = Script("release", """#!lua
+if redis.call('GET', KEYS[3]) == ARGV[1] then
+  return redis.call('DEL', KEYS[3])
+end
+return 0
 """)
 
 # KEYS: meta1, lease1, stream1, meta2, ... (one slot in a cluster: call it per run there).

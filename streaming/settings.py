@@ -73,6 +73,11 @@ class Settings:
     reader_queue: int = 1000
     #: Timeout of one Redis command that is not a blocking read.
     socket_timeout: float = 5.0
+    #: Secret that signs read tokens (``streaming.tokens``), shared by every web process;
+    #: at least 32 characters. ``None``: the web endpoint needs an ``auth`` hook instead.
+    token_secret: str | None = dataclasses.field(default=None, repr=False)
+    #: Lifetime of the read tokens a host app issues (``streaming.tokens.issue_token``).
+    token_ttl: float = 24 * 3600
 
     def __post_init__(self) -> None:
         if self.redis_url is not None and CLUSTER_SCHEME.match(self.redis_url):

@@ -295,6 +295,11 @@ class StreamWriter:
         for run, upto in targets:
             self._wait_acked(run, upto, max(give_up - time.monotonic(), 0.0))
 
+    def _release(self, run: _Run, timeout: float) -> None:
+        keys = run.keys
+        with contextlib.suppress(WriterError):
+            self._call(self._eval(scripts.RELEASE, keys, run.token), time.monotonic() + timeout)
+
     def _forget(self, run: _Run) -> None:
         with self._cond:
             if self._runs.get(run.keys.run_id) is run:
@@ -474,7 +479,7 @@ class StreamWriter:
 
     async def _load_scripts(self) -> None:
         client = self._get_client()
-        for script in (scripts.CLAIM, scripts.APPEND, scripts.REFRESH):
+        for script in (scripts.CLAIM, scripts.APPEND, scripts.REFRESH, scripts.RELEASE):
             await client.script_load(script.source)
 
     async def _eval(self, script: scripts.Script, keys: RunKeys, *args: Any) -> Any:
@@ -631,10 +636,17 @@ class RunWriter:
     async def aflush(self, timeout: float = 10.0) -> int:
         return await asyncio.to_thread(self.flush, timeout)
 
-    def release(self) -> None:
-        """Forget the run without ending it (its lease lapses; readers then see it lost)."""
-        self._writer._forget(self._run)
+    def release(self, timeout: float = 5.0) -> None:
+        """Give the run up without ending it, so that another writer can take it at once.
 
+        Flushes what this handle accepted (up to ``timeout`` s), then drops the lease. A retry
+        claims the run with no wait; if nobody does, readers end it ``lost`` after
+        ``producer_timeout``.
+        """
+        with contextlib.suppress(WriterError):
+            self.flush(timeout)
+        self._writer._forget(self._run)
+        self._writer._release(self._run, timeout)
 
 def _size(chunks: list[tuple[int, str, int]]) -> int:
     return sum(len(frame) for _, frame, _ in chunks)

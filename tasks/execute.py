@@ -22,8 +22,9 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
 
+from streaming.control import cancel_reason
 from streaming.errors import FencedError, RunBusyError, RunClosedError
-from streaming.wire import RunKeys, Terminal
+from streaming.wire import Terminal
 from streaming.writer import RunWriter
 
 from .errors import RunRefused
@@ -65,8 +66,6 @@ class Attempt:
         self.run_writer = run
         self.summary = Summary(run.run_id, run.attempt)
         self.watch = CancelWatch(run, self._read_cancel_flag, config.cancel_check_interval)
-        hash_tag = config.streaming.cluster_hash_tags
-        self._meta_key = RunKeys.for_run(run.run_id, hash_tag=hash_tag).meta
         self._next_report = 0.0
 
     def run(self, generator: str, params: object) -> dict[str, Any]:
@@ -134,7 +133,8 @@ class Attempt:
 
     def _read_cancel_flag(self) -> str:
         try:
-            return self.task.app.redis.hget(self._meta_key, "cancel") or ""
+            return cancel_reason(self.task.app.redis, self.run_writer.run_id,
+                                 self.config.streaming)
         except redis.RedisError as exc:  # the writer's next flush brings the flag back too
             logger.warning("could not read the cancel flag of %s: %s", self.run_writer.run_id, exc)
             return ""

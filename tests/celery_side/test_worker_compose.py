@@ -10,6 +10,7 @@ import pytest
 import yaml
 from worker_procs import ROOT
 
+from tests.conftest import require
 from worker.config import ENVIRONMENT, WorkerConfig
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -51,11 +52,32 @@ def test_one_shared_configuration_the_worker_accepts(compose):
     assert config.visibility_timeout > config.time_limit
 
 
-def test_compose_config_is_valid_where_a_compose_client_exists():
+def compose_command() -> list[str] | None:
+    """``docker compose`` (v2 plugin) or ``docker-compose`` (v1, Debian's package): either
+    validates a file with ``config`` without a Docker engine."""
     docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "compose", "version"],
-                                        capture_output=True).returncode != 0:
-        pytest.skip("no docker compose client here (the YAML checks above still ran)")
-    done = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "-q"],
+    if docker and subprocess.run([docker, "compose", "version"],
+                                 capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+def test_compose_config_is_valid():
+    command = compose_command()
+    require(command is not None,
+            "no compose client (apt-get install docker-compose); the YAML checks above still ran")
+    done = subprocess.run([*command, "-f", str(COMPOSE), "config", "-q"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_compose_validation_catches_a_broken_file(tmp_path):
+    command = compose_command()
+    require(command is not None, "no compose client (apt-get install docker-compose)")
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(COMPOSE.read_text().replace("healthcheck:", "healthchek:"))
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    done = subprocess.run([*command, "-f", str(broken), "config", "-q"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "healthchek" in done.stderr

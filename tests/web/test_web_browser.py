@@ -1,0 +1,104 @@
+"""A real browser follows a run through connection drops: EventSource resumes by itself.
+
+Headless Chromium (Debian's, driven by the playwright package) loads the reference page, whose
+run a real Celery worker produces, through a proxy that cuts every event stream after a few
+events. The page's final text must equal the run's full output, every seq exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from examples.app import DEMO_TEXT, create_app
+from streaming.client import sync_client
+from streaming.reader import read_events
+from streaming.settings import Settings
+from tasks.api import Runs
+from tests.conftest import require
+from tests.web.http_server import ServerThread
+from tests.web.sse_proxy import CuttingProxy
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    require(shutil.which(CHROMIUM) is not None or os.access(CHROMIUM, os.X_OK),
+            f"no chromium at {CHROMIUM} (apt-get install -y chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require(False, "the playwright package is not installed (pip install playwright)")
+        raise
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def full_text(settings: Settings, run_id: str) -> tuple[str, list[int]]:
+    """The run's text and seqs as stored, read straight from Redis."""
+    client = sync_client(settings, reader=True)
+    texts, seqs = [], []
+    for event in read_events(client, run_id, settings):
+        if event.seq is not None and event.data != "[DONE]":
+            texts.append(json.loads(event.data)["text"])
+            seqs.append(event.seq)
+    client.close()
+    return "".join(texts), seqs
+
+
+@pytest.mark.slow
+def test_page_survives_dropped_connections(browser: object, settings: Settings,
+                                           celery_runs: Runs):
+    settings = settings.replace(token_secret="browser-test-" + "s" * 32)
+    app = create_app(settings, launcher=celery_runs, retry_ms=200)
+    with ServerThread(app) as server:
+        proxy = CuttingProxy(server.port, cut_after=7)
+        try:
+            page = browser.new_page()  # type: ignore[attr-defined]
+            page.goto(proxy.url + "/")
+            page.click("#start")
+            page.wait_for_selector("body[data-finished]", timeout=30_000)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "browser-reconnect.png"), full_page=True)
+            run_id = page.text_content("#run-id")
+            shown = page.text_content("#output")
+            seqs = page.get_attribute("#output", "data-seqs")
+            state = page.get_attribute("body", "data-finished")
+            reconnects = int(page.text_content("#reconnects") or 0)
+            closed = page.evaluate("source.readyState === EventSource.CLOSED")
+        finally:
+            proxy.close()
+    text, stored = full_text(settings, run_id or "")
+    assert state == "done" and closed  # the page closed its EventSource: no reconnect loop
+    assert proxy.cuts >= 2 and reconnects >= 2
+    assert shown == text
+    assert [int(s) for s in (seqs or "").split(",")] == stored
+
+
+@pytest.mark.slow
+def test_cancel_button_ends_the_page_cleanly(browser: object, settings: Settings,
+                                             celery_runs: Runs):
+    settings = settings.replace(token_secret="browser-test-" + "s" * 32)
+    with ServerThread(create_app(settings, launcher=celery_runs)) as server:
+        page = browser.new_page()  # type: ignore[attr-defined]
+        page.goto(server.url + "/")
+        page.click("#start")
+        page.wait_for_selector("#output[data-seqs]", timeout=30_000)  # the first chunk is in
+        page.click("#cancel")
+        page.wait_for_selector("body[data-finished]", timeout=30_000)
+        state = page.get_attribute("body", "data-finished")
+        closed = page.evaluate("source.readyState === EventSource.CLOSED")
+        shown = page.text_content("#output") or ""
+    assert state == "cancelled" and closed
+    assert 0 < len(shown) < len(DEMO_TEXT)
