@@ -7,8 +7,9 @@ a run on the run's shard channel (``RunKeys.notify``, in the run's slot), and th
 
 - subscribes (``SSUBSCRIBE``) to the channel of each followed run, on one pubsub connection per
   primary that owns one of them (``_NodeListener``);
-- on a notification, reads that run without blocking (``XREAD`` from its position; the reads of
-  all runs notified meanwhile go out together in one cluster pipeline) and hands the entries to
+- on a notification, reads that run without blocking (``XRANGE`` from just after its position;
+  the reads of all runs notified meanwhile go out together in one cluster pipeline) and hands the
+  entries to
   the run's readers (``streaming.fanout``, as on a single server);
 - reads a run once when it is first followed, and once more when its subscription is confirmed:
   that closes the race between a reader's catch-up and the subscription. The same happens
@@ -40,7 +41,7 @@ from redis.retry import Retry
 
 from . import scripts
 from .client import TRANSIENT, AsyncClient, server_url
-from .cursor import RunStatus, id_key, xread_reply
+from .cursor import Entry, RunStatus, id_key
 from .errors import ConfigurationError
 from .fanout import Follower
 from .wire import RunKeys
@@ -343,9 +344,14 @@ class ClusterFollower(Follower):
             return
         starts = {key: self.pos[key] for key in keys}
         try:
+            await self.client.initialize()  # a no-op once the slot map is known
             async with self.client.pipeline(transaction=False) as pipe:
                 for key in keys:
-                    pipe.xread({key: starts[key]}, count=_BATCH)
+                    # XRANGE from just after the position, to the node of the key's slot:
+                    # redis-py would ask a node where an XREAD's keys are, every time. A stale
+                    # slot map costs a MOVED, which the pipeline follows.
+                    pipe.execute_command("XRANGE", key, "(" + starts[key], "+", "COUNT", _BATCH,
+                                         target_nodes=self.client.get_node_from_key(key))
                 replies: list[Any] = await pipe.execute(raise_on_error=False)
         except TRANSIENT:
             self.dirty.update(dict.fromkeys(keys))
@@ -359,7 +365,7 @@ class ClusterFollower(Follower):
             elif isinstance(reply, ResponseError):  # WRONGTYPE: not a run
                 self.end_key(key)
             else:
-                entries = xread_reply(reply)[0][1] if reply else []
+                entries: list[Entry] = list(reply or [])
                 self.dispatch(key, starts[key], entries)
                 if len(entries) >= _BATCH:
                     self.dirty[key] = None

@@ -27,7 +27,7 @@ from redis.retry import Retry
 
 from . import cluster, scripts
 from .client import TRANSIENT, AsyncClient, async_client
-from .cursor import RunCursor, RunStatus, xread_reply
+from .cursor import Entry, RunCursor, RunStatus, xread_reply
 from .errors import ReaderError
 from .fanout import Follower, Sub
 from .settings import Settings
@@ -250,9 +250,11 @@ class HubReader:
     async def _catch_up(self) -> AsyncIterator[Event]:
         cursor = self.cursor
         while not cursor.done:
-            reply = xread_reply(await self.hub.client.xread(
-                {cursor.keys.stream: cursor.last_id}, count=_BATCH))
-            entries = reply[0][1] if reply else []
+            # XRANGE from just after the position is XREAD without blocking, and a cluster
+            # client routes it alone (for XREAD it first asks a node where the keys are).
+            reply: Any = await self.hub.client.xrange(
+                cursor.keys.stream, min="(" + cursor.last_id, count=_BATCH)
+            entries: list[Entry] = list(reply or [])
             for event in cursor.feed(entries):
                 yield event
             if len(entries) < _BATCH:
