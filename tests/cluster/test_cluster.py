@@ -3,6 +3,7 @@ shard-channel notifications, and the faults a cluster adds (NOSCRIPT on one node
 replies lost, a pubsub connection cut, a slot moving to another node mid-run)."""
 
 import asyncio
+import signal
 import threading
 import time
 import uuid
@@ -303,3 +304,54 @@ async def test_a_run_whose_slot_moves_mid_stream_loses_nothing(cluster, settings
     reader = sync_client(settings, reader=True)
     assert [e.seq for e in read_events(reader, run_id, settings, starting_after=150)] == list(
         range(151, 302))
+
+
+# -- a node that stops answering ------------------------------------------------------------------
+
+
+def wait_cluster_ok(cluster, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        states = []
+        for server in cluster.servers:
+            admin = cluster.client(server)
+            states.append(admin.cluster("INFO")["cluster_state"])
+            admin.close()
+        if set(states) == {"ok"}:
+            return
+        assert time.monotonic() < deadline, states
+        time.sleep(0.1)
+
+
+@pytest.mark.fault
+async def test_a_node_that_stops_answering_delays_runs_but_loses_nothing(cluster, settings,
+                                                                         redis_client):
+    """A primary paused past the cluster's node timeout: the cluster reports itself down, the
+    writer keeps what it accepted, readers wait; once the node is back, each chunk arrives
+    exactly once."""
+    quick = settings.replace(socket_timeout=1.0, liveness_interval=0.5, producer_timeout=30)
+    writer = StreamWriter(quick).start()
+    run_ids = [run_on(cluster, redis_client, index, prefix="paused") for index in range(3)]
+    paused = cluster.servers[1].process
+    try:
+        runs = [writer.open(run_id) for run_id in run_ids]
+        async with ReaderHub(quick) as hub:
+            readers = [asyncio.create_task(collect(hub, run_id)) for run_id in run_ids]
+            producers = [asyncio.create_task(asyncio.to_thread(write, run, 0, 300, 0.01))
+                         for run in runs]
+            await asyncio.sleep(0.5)
+            paused.send_signal(signal.SIGSTOP)
+            await asyncio.sleep(3.0)  # longer than the 2 s node timeout
+            paused.send_signal(signal.SIGCONT)
+            await asyncio.gather(*producers)
+            for run in runs:
+                await asyncio.to_thread(run.finish, timeout=30)
+            results = await asyncio.wait_for(asyncio.gather(*readers), 30)
+        assert writer.stats().retries >= 1
+    finally:
+        paused.send_signal(signal.SIGCONT)
+        writer.stop(timeout=5)
+        wait_cluster_ok(cluster)
+    for events in results:
+        assert [e.seq for e in events] == list(range(1, 302))
+        assert [e.data for e in events[:-1]] == [str(i) for i in range(300)]
