@@ -44,7 +44,7 @@ from .client import TRANSIENT, AsyncClient, server_url
 from .cursor import Entry, RunStatus, id_key
 from .errors import ConfigurationError
 from .fanout import Follower
-from .wire import RunKeys
+from .wire import NOTIFY_SUFFIX, RunKeys
 
 if TYPE_CHECKING:
     from .hub import ReaderHub
@@ -53,12 +53,11 @@ __all__ = ["ClusterFollower", "statuses"]
 
 logger = logging.getLogger(__name__)
 _BATCH = 500
-_NOTIFY = RunKeys.for_run("x").notify.removeprefix(RunKeys.for_run("x").stream)
 _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
 
 
 def _stream_of(channel: str) -> str:
-    return channel.removesuffix(_NOTIFY)
+    return channel.removesuffix(NOTIFY_SUFFIX)
 
 
 async def statuses(client: AsyncClient, runs: list[RunKeys]) -> list[RunStatus]:
@@ -67,13 +66,13 @@ async def statuses(client: AsyncClient, runs: list[RunKeys]) -> list[RunStatus]:
     for index, run in enumerate(runs):
         groups.setdefault(key_slot(run.stream.encode()), []).append(index)
     replies = await _status_replies(client, runs, list(groups.values()))
-    found: list[RunStatus | None] = [None] * len(runs)
+    found: dict[int, RunStatus] = {}
     for indices, reply in zip(groups.values(), replies, strict=True):
         if isinstance(reply, Exception):
             raise reply
         for index, item in zip(indices, reply, strict=True):
             found[index] = RunStatus.from_reply(item)
-    return [status for status in found if status is not None]
+    return [found[index] for index in range(len(runs))]
 
 
 async def _status_replies(client: AsyncClient, runs: list[RunKeys],
@@ -212,14 +211,14 @@ class ClusterFollower(Follower):
     # -- events (from readers joining and leaving, and from the listeners) -----------------
 
     def _behind(self, key: str) -> None:
-        channel = key + _NOTIFY
+        channel = key + NOTIFY_SUFFIX
         self.leaving.pop(channel, None)
         if channel not in self.route:
             self.unrouted[channel] = None
         self._mark(key)
 
     def _unfollowed(self, key: str) -> None:
-        channel = key + _NOTIFY
+        channel = key + NOTIFY_SUFFIX
         self.unrouted.pop(channel, None)
         self.dirty.pop(key, None)
         if channel in self.route:

@@ -129,7 +129,8 @@ class _Shard(Follower):
 class ReaderHub:
     """Serves any number of readers on one event loop from a few shared connections.
 
-    ``connections`` blocking connections split the followed streams between them.
+    ``connections`` blocking connections split the followed streams between them (on a single
+    server; in a cluster the hub holds one pubsub connection per primary instead).
     ``client`` (default: built from ``settings``) runs the non-blocking commands.
     """
 

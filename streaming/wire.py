@@ -57,6 +57,8 @@ RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 #: Largest cursor accepted: 2**53 - 1, the largest integer a JSON client reads exactly.
 MAX_SEQ = 2**53 - 1
 DONE_FRAME = "data: [DONE]\n\n"
+#: A run's shard channel is its stream key and this (``RunKeys.notify``).
+NOTIFY_SUFFIX = ":notify"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _CURSOR_PATTERN = re.compile(r"[0-9]{1,16}")
 
@@ -107,7 +109,7 @@ class RunKeys:
     @property
     def notify(self) -> str:
         """The run's shard channel (cluster mode): each stored batch's last seq id."""
-        return self.stream + ":notify"
+        return self.stream + NOTIFY_SUFFIX
 
     @classmethod
     def for_run(cls, run_id: str, *, hash_tag: bool = False) -> RunKeys:
