@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidCursor
-from .wire import Event, RunKeys, Terminal, entry_event, made_event
+from .wire import Event, RunKeys, Terminal, entry_event, made_event, parse_frame, terminal_of
 
 __all__ = ["Entry", "RunCursor", "RunStatus", "id_key", "stream_id_after", "xread_reply"]
 
@@ -40,8 +40,10 @@ class RunStatus:
         """
         if reply[4] not in ("none", "stream"):
             return cls("missing", 0, 0, "", False)
-        return cls(str(reply[0]), int(reply[1]), int(reply[2]), str(reply[3]),
-                   reply[4] == "stream")
+        state, ending = str(reply[0]), str(reply[3])
+        if reply[5]:  # the seed's stream ended: its ending frame tells how
+            state, ending = "ended", terminal_of(*parse_frame(reply[5])).value
+        return cls(state, int(reply[1]), int(reply[2]), ending, reply[4] == "stream")
 
     @property
     def terminal(self) -> Terminal | None:
@@ -98,7 +100,11 @@ class RunCursor:
             self.last_id = entry_id
             seq = int(fields.get("seq_id", 0))
             if seq <= self.after:
-                continue  # a seed stream's duplicate numbering, or an entry from before the cursor
+                # A seed stream's duplicate numbering, or an entry from before the cursor; if it
+                # is the ending, the reader already has it.
+                if fields.get("complete") == "true":
+                    self.terminal = entry_event(fields).terminal
+                continue
             if seq > self.after + 1:
                 gap = self._gap(self.after + 1, seq - 1)
                 self.after = seq - 1
@@ -118,8 +124,6 @@ class RunCursor:
         """Before reading: end at once for a missing run, or one the cursor is already past."""
         if status.state == "missing" and not status.stream:
             return self._end(Terminal.NOT_FOUND, f"run {self.keys.run_id} does not exist")
-        if status.state == "missing":
-            return []  # written by the seed: no meta to check against
         if self.after > status.last_seq:
             raise InvalidCursor(
                 f"cursor {self.after} is past run {self.keys.run_id}'s last seq {status.last_seq}"

@@ -37,6 +37,7 @@ __all__ = ["HubReader", "ReaderHub"]
 
 logger = logging.getLogger(__name__)
 _BATCH = 500
+_POOL_SIZE = 50  # connections for catch-up reads and status checks; more readers wait their turn
 _TRANSIENT = TRANSIENT
 
 
@@ -138,10 +139,13 @@ class ReaderHub:
                  connections: int = 1) -> None:
         self.settings = settings
         self._own_client = client is None
-        self.client = client or async_client(settings, reader=True)
+        self.client = client or async_client(settings, reader=True, pool_size=_POOL_SIZE)
         self._connections = connections
         self._shards: list[Follower] = []
         self.readers = 0
+        # At most this many catch-up reads and status checks at once: a single server's pool
+        # waits for a free connection, a cluster client fails past its limit instead.
+        self._gate = asyncio.Semaphore(_POOL_SIZE)
 
     async def start(self) -> ReaderHub:
         if self._shards:
@@ -188,14 +192,25 @@ class ReaderHub:
 
     async def statuses(self, runs: list[RunKeys]) -> list[RunStatus]:
         """Status of many runs in one command (in a cluster: one per slot, in one pipeline)."""
-        if self.settings.cluster:
-            return await cluster.statuses(self.client, runs)
-        keys = [k for run in runs for k in (run.meta, run.lease, run.stream)]
-        try:
-            reply = await self.client.evalsha(scripts.STATUS.sha, len(keys), *keys)
-        except NoScriptError:
-            reply = await self.client.eval(scripts.STATUS.source, len(keys), *keys)
+        async with self._gate:
+            if self.settings.cluster:
+                return await cluster.statuses(self.client, runs)
+            keys = [k for run in runs for k in (run.meta, run.lease, run.stream)]
+            try:
+                reply = await self.client.evalsha(scripts.STATUS.sha, len(keys), *keys)
+            except NoScriptError:
+                reply = await self.client.eval(scripts.STATUS.source, len(keys), *keys)
         return [RunStatus.from_reply(item) for item in reply]
+
+    async def _entries_after(self, key: str, after: str) -> list[Entry]:
+        """Up to 500 entries of stream ``key`` after entry id ``after``, without blocking.
+
+        XRANGE from just after the position is XREAD without blocking, and a cluster client
+        routes it alone (for XREAD it first asks a node where the keys are).
+        """
+        async with self._gate:
+            reply: Any = await self.client.xrange(key, min="(" + after, count=_BATCH)
+        return list(reply or [])
 
 
 class HubReader:
@@ -251,11 +266,7 @@ class HubReader:
     async def _catch_up(self) -> AsyncIterator[Event]:
         cursor = self.cursor
         while not cursor.done:
-            # XRANGE from just after the position is XREAD without blocking, and a cluster
-            # client routes it alone (for XREAD it first asks a node where the keys are).
-            reply: Any = await self.hub.client.xrange(
-                cursor.keys.stream, min="(" + cursor.last_id, count=_BATCH)
-            entries: list[Entry] = list(reply or [])
+            entries = await self.hub._entries_after(cursor.keys.stream, cursor.last_id)
             for event in cursor.feed(entries):
                 yield event
             if len(entries) < _BATCH:

@@ -130,23 +130,37 @@ return 0
 """)
 
 # KEYS: meta1, lease1, stream1, meta2, ... (one slot in a cluster: call it per run there).
-# -> for each run {state, last seq, attempt, end kind, type of the stream key};
+# -> for each run {state, last seq, attempt, end kind, type of the stream key, the ending frame
+#    of a stream the seed wrote (no meta) or ''};
 #    state: missing | pending | live | idle | ended
 STATUS = Script("status", """#!lua flags=no-writes
 local out = {}
 for i = 1, #KEYS, 3 do
-  local kind = redis.call('TYPE', KEYS[i + 2])['ok']
-  local m = {false, false, false}
-  if redis.call('TYPE', KEYS[i])['ok'] == 'hash' then
-    m = redis.call('HMGET', KEYS[i], 'seq', 'attempt', 'end')
-  end
-  local state
+  -- Two calls for a run with meta (the common, repeated liveness check); more only for the
+  -- rare cases: no meta (never started, vanished, or written by the seed).
+  local m = redis.pcall('HMGET', KEYS[i], 'seq', 'attempt', 'end')
+  if m['err'] then m = {false, false, false} end
+  local kind, state, last = 'stream', nil, ''
   if m[3] then state = 'ended'
-  elseif redis.call('EXISTS', KEYS[i + 1]) == 1 then state = 'live'
+  elseif m[2] and redis.call('EXISTS', KEYS[i + 1]) == 1 then state = 'live'
   elseif m[2] == '0' then state = 'pending'
   elseif m[2] then state = 'idle'
-  else state = 'missing' end
-  out[#out + 1] = {state, tonumber(m[1] or '0'), tonumber(m[2] or '0'), m[3] or '', kind}
+  else
+    state = 'missing'
+    kind = redis.call('TYPE', KEYS[i + 2])['ok']
+    if kind == 'stream' then
+      -- Written by the seed: its last entry tells the last seq and whether it ended.
+      local entry = redis.call('XREVRANGE', KEYS[i + 2], '+', '-', 'COUNT', 1)[1]
+      if entry then
+        local f = {}
+        for j = 1, #entry[2], 2 do f[entry[2][j]] = entry[2][j + 1] end
+        m[1] = f['seq_id']
+        if f['complete'] == 'true' then last = f['data'] or '' end
+      end
+    end
+  end
+  out[#out + 1] = {state, tonumber(m[1] or '0'), tonumber(m[2] or '0'), m[3] or '', kind, last}
 end
 return out
 """)
+

@@ -45,7 +45,8 @@ class Settings:
     max_stream_length: int = 10_000
     #: Largest accepted chunk, in UTF-8 bytes of its SSE frame.
     max_chunk_bytes: int = 1024 * 1024
-    #: Bound on the bytes a writer holds that Redis has not yet acknowledged.
+    #: Bound on the bytes a writer holds that Redis has not yet acknowledged: each chunk counts
+    #: its frame plus 256 bytes of bookkeeping, so the bound tracks the memory it takes.
     max_buffer_bytes: int = 64 * 1024 * 1024
     #: How long a write waits for room in a full buffer before ``BufferFullError``.
     buffer_timeout: float = 10.0
@@ -63,8 +64,10 @@ class Settings:
     #: Longest single blocking read of the shared reader; a waiting reader costs one
     #: command per this interval, shared by every reader of the process.
     block_timeout: float = 20.0
-    #: How often readers waiting on quiet runs check that the runs' producers are alive.
-    liveness_interval: float = 10.0
+    #: How often readers waiting on quiet runs check that the runs' producers are alive: two
+    #: server-side calls per quiet run and interval (0.08 per second at the default), one
+    #: command for many runs.
+    liveness_interval: float = 25.0
     #: How long a run may have no live producer (and no terminal entry) before readers end
     #: it with a ``lost`` terminal error. Covers a queued run whose task has not started.
     producer_timeout: float = 30.0

@@ -260,3 +260,17 @@ async def test_hub_reports_gaps_and_lost_producers_like_the_blocking_reader(writ
         events = await asyncio.wait_for(collect(hub, run_id), 15)
     assert [e.seq for e in events] == [1, None]
     assert events[-1].terminal is Terminal.LOST
+
+
+async def test_hundreds_of_readers_joining_at_once_wait_for_connections(writer, settings, run_id):
+    """redis-py's default pool fails past 100 connections; the hub's waits for a free one."""
+    run = await asyncio.to_thread(writer.open, run_id)
+    for i in range(20):
+        run.send(str(i))
+    await run.aflush()
+    async with ReaderHub(settings) as hub:
+        readers = [asyncio.create_task(collect(hub, run_id)) for _ in range(300)]
+        await asyncio.sleep(0.2)
+        await run.afinish()
+        results = await asyncio.wait_for(asyncio.gather(*readers), 60)
+    assert all([e.seq for e in r] == list(range(1, 22)) for r in results)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streaming import Terminal, read_events
+from streaming import InvalidCursor, Terminal, read_events, run_status
 from streaming.client import sync_client
 from tests.conftest import require
 
@@ -59,6 +59,17 @@ def test_our_reader_reads_the_seeds_stream(seed, settings, redis_url, run_id):
     assert events[-1].terminal is Terminal.DONE
     resumed = list(read_events(client, run_id, settings, starting_after=100))
     assert [e.seq for e in resumed] == list(range(101, 122))
+
+
+def test_a_reader_at_the_end_of_a_seed_stream_ends_at_once(seed, settings, redis_url, run_id):
+    asyncio.run(seed_write(seed, redis_url, run_id, ["data: 1\n\n", "data: 2\n\n"]))
+    client = sync_client(settings, reader=True)
+    reader = read_events(client, run_id, settings, starting_after=3)
+    assert list(reader) == [] and reader.terminal is Terminal.DONE
+    with pytest.raises(InvalidCursor, match="past run"):
+        list(read_events(client, run_id, settings, starting_after=4))
+    status = run_status(client, run_id, settings)
+    assert (status.state, status.last_seq, status.terminal) == ("ended", 3, Terminal.DONE)
 
 
 def test_our_reader_sees_the_seeds_error_ending(seed, settings, redis_url, run_id):

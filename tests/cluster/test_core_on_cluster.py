@@ -18,6 +18,7 @@ from tests.test_reader import (  # noqa: F401
     test_disconnecting_a_reader_detaches_it,
     test_hub_reports_gaps_and_lost_producers_like_the_blocking_reader,
     test_hub_serves_many_readers_from_one_blocking_read,
+    test_hundreds_of_readers_joining_at_once_wait_for_connections,
     test_reads_everything_after_the_cursor_and_stops_at_the_end,
     test_status_and_cancel_request,
     test_trimmed_history_is_an_explicit_gap,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import celery.contrib.testing.tasks  # noqa: F401  (registers celery.ping for start_worker)
 import pytest
@@ -27,9 +28,28 @@ def web_worker_app(redis_url: str) -> StreamingCelery:
     return create_app(config)
 
 
+class TrackedRuns(Runs):
+    """The tasks API, remembering every run it started so the session can end them."""
+
+    started: list[str]
+
+    def start(self, *args: Any, **kwargs: Any) -> str:
+        run_id = super().start(*args, **kwargs)
+        self.started.append(run_id)
+        return run_id
+
+
 @pytest.fixture(scope="session")
 def celery_runs(web_worker_app: StreamingCelery) -> Iterator[Runs]:
-    """The tasks API, with a real worker consuming its queue for the whole session."""
+    """The tasks API, with a real worker consuming its queue for the whole session.
+
+    At the end every run a test left going is cancelled, so the worker's threads are free
+    when it shuts down.
+    """
     with start_worker(web_worker_app, pool="threads", concurrency=4, perform_ping_check=True,
                       ping_task_timeout=30, shutdown_timeout=30):
-        yield Runs(web_worker_app, web_worker_app.redis, web_worker_app.config.streaming)
+        runs = TrackedRuns(web_worker_app, web_worker_app.redis, web_worker_app.config.streaming)
+        runs.started = []
+        yield runs
+        for run_id in runs.started:
+            runs.cancel(run_id, "the test session is over")

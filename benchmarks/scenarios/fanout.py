@@ -1,0 +1,84 @@
+"""Fan-out: many concurrent readers in one process, each on its own run, every run live.
+
+A producer process writes one chunk a second to each of N runs (round robin, evenly spread);
+one reader process follows all N runs (the project: one ``ReaderHub`` on one event loop; the
+seed: one polling generator per run). Delivery delay is receipt minus send time, per chunk.
+The seed cannot poll 10,000 runs from one process (100,000 ``XRANGE``/s): both designs are
+measured at a smaller N (1,000), then the project alone at 10,000.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core import Context, Figure, Result, Target, scenario
+from ..procs import Child
+from .common import cleanup, run_ids
+from .sides import (
+    HUB_CLIENT_NOTE,
+    delay_ms,
+    hub_readers,
+    project_producer,
+    received_percent,
+    run_pair,
+    seed_producer,
+    seed_readers,
+)
+
+NAME = "fan-out"
+RATE = 1.0
+GRACE = 5.0
+#: The producer sends the chunks due in each 10 ms back to back: pacing 10,000 chunks/s one
+#: by one would cost the producer more CPU than the readers (two cores for all of it).
+TICK = 0.01
+
+
+@scenario(NAME, "Fan-out: N concurrent readers in one process, each run 1 chunk/s")
+def run(ctx: Context) -> Result:
+    n, seed_n = ctx.size(500, 10_000), ctx.size(200, 1000)
+    seconds = ctx.size(1.5, 10.0)
+    result = Result(NAME, params={"readers": n, "seed_readers": seed_n, "seconds": seconds,
+                                  "chunks_per_second_per_run": RATE, "producer_tick": TICK,
+                                  "reader": "ReaderHub, 1 blocking connection"})
+    if ctx.seed:  # both designs at the N the seed can manage, then the project alone at N
+        _rows(result, seed_n, _measure(ctx, seed_n, seconds, "p"),
+              _measure(ctx, seed_n, seconds, "s"), None)
+    project = _measure(ctx, n, seconds, "p")
+    _rows(result, n, project, None, "n/a (not practical)" if ctx.seed else ctx.seed_missing)
+    if ctx.seed:
+        result.notes.append(f"seed at N={n:,}: not practical, its readers would send "
+                            f"{n / 0.1:,.0f} XRANGE/s from one process")
+    result.add(Figure("readers joined and waiting", "s", "lower", project["join_seconds"],
+                      note=f"N={n:,}"))
+    result.params["hub"] = project.get("hub")
+    result.notes.append(HUB_CLIENT_NOTE)
+    cleanup(ctx.redis_url, NAME)
+    return result
+
+
+def _rows(result: Result, n: int, project: dict[str, Any], seed: dict[str, Any] | None,
+          missing: str | None) -> None:
+    for q, target in ((50, None), (99, Target(limit=100.0))):
+        result.add(Figure(f"p{q} delivery, N={n:,}", "ms", "lower", delay_ms(project, q),
+                          delay_ms(seed, q) if seed else missing, target=target))
+    result.add(Figure(f"chunks received, N={n:,}", "%", "higher", received_percent(project),
+                      received_percent(seed) if seed else missing, target=Target(limit=100)))
+    if seed:
+        result.params[f"seed_read_errors at N={n}"] = seed["errors"]
+
+
+def _measure(ctx: Context, n: int, seconds: float, side: str) -> dict[str, Any]:
+    ids = run_ids(NAME, n, side)
+    if side == "p":
+        producer = Child(project_producer, ctx.redis_url, ids, RATE, seconds, {}, TICK,
+                         name="fan-out-project-producer")
+        make = lambda: Child(hub_readers, ctx.redis_url, ids, {}, 1, GRACE,  # noqa: E731
+                             name="fan-out-project-readers")
+    else:
+        producer = Child(seed_producer, ctx.redis_url, ctx.seed_path, ids, RATE, seconds, TICK,
+                         name="fan-out-seed-producer")
+        make = lambda: Child(seed_readers, ctx.redis_url, ctx.seed_path, ids, GRACE,  # noqa: E731
+                             name="fan-out-seed-readers")
+    produced, read = run_pair(producer, make, ids, seconds, GRACE)
+    return {"sent": sum(produced["sent"]), **read}
+

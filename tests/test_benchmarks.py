@@ -1,0 +1,88 @@
+"""The benchmark harness still works: ``python -m benchmarks --quick`` measures every scenario.
+
+Runs the harness as a subprocess, once for the module, and checks its JSON: every runnable
+scenario has numbers for the project and, when the seed design is there, for the seed. The seed
+(``../shared/seed/``) may be absent on a developer's machine (those checks then skip); under
+``CI=true`` it must be there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import seed
+from benchmarks.core import SCENARIOS, SEED_MISSING
+from benchmarks.scenarios import load_all
+from tests.conftest import require
+
+ROOT = Path(__file__).resolve().parent.parent
+HARNESS_TIMEOUT = 240
+
+
+def run_harness(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=HARNESS_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    path = tmp_path_factory.mktemp("bench") / "quick.json"
+    done = run_harness("--quick", "--json", str(path))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    document: dict[str, Any] = json.loads(path.read_text())
+    return document
+
+
+def numeric(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@pytest.mark.timeout(HARNESS_TIMEOUT + 30)
+def test_quick_run_measures_every_scenario_for_the_project(quick: dict[str, Any]) -> None:
+    load_all()
+    assert quick["mode"] == "quick"
+    assert set(quick["scenarios"]) == set(SCENARIOS)
+    assert quick["machine"]["cores"] and quick["machine"]["server"]
+    assert quick["seconds"] < 90, "quick mode must stay well under a minute and a half"
+    for name, scenario in SCENARIOS.items():
+        result = quick["scenarios"][name]
+        if scenario.pending:
+            assert result["status"] == "pending"
+            continue
+        assert result["status"] == "ok", (name, result["notes"])
+        assert result["figures"], name
+        for figure in result["figures"]:
+            assert numeric(figure["project"]), (name, figure)
+
+
+@pytest.mark.timeout(HARNESS_TIMEOUT + 30)
+def test_quick_run_measures_the_seed_beside_the_project(quick: dict[str, Any]) -> None:
+    require(seed.default_path().is_file(), f"the seed design is absent: {seed.default_path()}")
+    for name, result in quick["scenarios"].items():
+        if result["status"] != "ok":
+            continue
+        seeds = [figure["seed"] for figure in result["figures"]]
+        assert SEED_MISSING not in seeds, name
+        assert any(numeric(value) for value in seeds), (name, seeds)
+        for figure in result["figures"]:
+            if numeric(figure["seed"]):
+                assert figure["gain"] is None or figure["gain"] >= 0, (name, figure)
+
+
+@pytest.mark.timeout(120)
+def test_missing_seed_is_reported_not_fatal(tmp_path: Path) -> None:
+    path = tmp_path / "noseed.json"
+    done = run_harness("--quick", "--scenario", "throughput", "--seed",
+                       str(tmp_path / "absent.py"), "--json", str(path))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(path.read_text())["scenarios"]["throughput"]["figures"]
+    assert [figure["seed"] for figure in figures] == [SEED_MISSING] * len(figures)
+    assert all(numeric(figure["project"]) for figure in figures)
+    assert SEED_MISSING in done.stdout
