@@ -54,27 +54,26 @@ def _options(settings: Settings, reader: bool) -> dict[str, object]:
     }
 
 
-def async_client(settings: Settings, *, reader: bool = False, pool_size: int | None = None,
+def async_client(settings: Settings, *, reader: bool = False, max_connections: int | None = None,
                  **overrides: object) -> AsyncClient:
     """An asyncio client for ``settings.redis_url``; use it on one event loop only.
 
-    ``reader=True`` sizes the socket timeout for blocking reads. ``pool_size`` caps the
-    connections: a command waits for a free one (up to the socket timeout) instead of failing
-    with ``MaxConnectionsError`` as redis-py's default pool does past 100. A cluster client
-    cannot wait (it keeps up to 100 connections per node): its users bound their concurrent
-    commands themselves, and ``pool_size`` is ignored.
+    ``reader=True`` sizes the socket timeout for blocking reads. ``max_connections`` bounds
+    the connections it opens: a command beyond them waits for one (at most the socket
+    timeout) instead of failing, as redis-py's default pool does past its 100. A cluster
+    client cannot wait (it keeps up to 100 connections per node and fails past them): its
+    users bound their concurrent commands themselves, and ``max_connections`` is ignored.
     """
     url = server_url(settings)
     options = _options(settings, reader) | overrides
     options.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
     if settings.cluster:
         return acluster.RedisCluster.from_url(url, **options)
-    if pool_size is None:
+    if max_connections is None:
         return aredis.Redis.from_url(url, **options)  # type: ignore[arg-type]
     pool = aredis.BlockingConnectionPool.from_url(
-        url, max_connections=pool_size, timeout=options["socket_timeout"], **options,
-    )
-    return aredis.Redis(connection_pool=pool)
+        url, max_connections=max_connections, timeout=options["socket_timeout"], **options)
+    return aredis.Redis.from_pool(pool)
 
 
 def sync_client(settings: Settings, *, reader: bool = False, **overrides: object) -> SyncClient:

@@ -37,7 +37,9 @@ __all__ = ["HubReader", "ReaderHub"]
 
 logger = logging.getLogger(__name__)
 _BATCH = 500
-_POOL_SIZE = 50  # connections for catch-up reads and status checks; more readers wait their turn
+#: Connections of the non-blocking commands (catch-up reads, status checks) of every reader:
+#: a burst of new readers waits its turn on these instead of opening one connection each.
+_POOL = 16
 _TRANSIENT = TRANSIENT
 
 
@@ -139,13 +141,13 @@ class ReaderHub:
                  connections: int = 1) -> None:
         self.settings = settings
         self._own_client = client is None
-        self.client = client or async_client(settings, reader=True, pool_size=_POOL_SIZE)
+        self.client = client or async_client(settings, reader=True, max_connections=_POOL)
         self._connections = connections
         self._shards: list[Follower] = []
         self.readers = 0
         # At most this many catch-up reads and status checks at once: a single server's pool
         # waits for a free connection, a cluster client fails past its limit instead.
-        self._gate = asyncio.Semaphore(_POOL_SIZE)
+        self._gate = asyncio.Semaphore(_POOL)
 
     async def start(self) -> ReaderHub:
         if self._shards:
@@ -202,14 +204,14 @@ class ReaderHub:
                 reply = await self.client.eval(scripts.STATUS.source, len(keys), *keys)
         return [RunStatus.from_reply(item) for item in reply]
 
-    async def _entries_after(self, key: str, after: str) -> list[Entry]:
-        """Up to 500 entries of stream ``key`` after entry id ``after``, without blocking.
+    async def _entries_after(self, key: str, after: str, count: int) -> list[Entry]:
+        """Up to ``count`` entries of stream ``key`` after entry id ``after``, without blocking.
 
         XRANGE from just after the position is XREAD without blocking, and a cluster client
         routes it alone (for XREAD it first asks a node where the keys are).
         """
         async with self._gate:
-            reply: Any = await self.client.xrange(key, min="(" + after, count=_BATCH)
+            reply: Any = await self.client.xrange(key, min="(" + after, count=count)
         return list(reply or [])
 
 
@@ -265,11 +267,13 @@ class HubReader:
 
     async def _catch_up(self) -> AsyncIterator[Event]:
         cursor = self.cursor
+        # A reader whose client does not read holds its batch: reader_queue bounds it here too.
+        count = min(_BATCH, self.hub.settings.reader_queue)
         while not cursor.done:
-            entries = await self.hub._entries_after(cursor.keys.stream, cursor.last_id)
+            entries = await self.hub._entries_after(cursor.keys.stream, cursor.last_id, count)
             for event in cursor.feed(entries):
                 yield event
-            if len(entries) < _BATCH:
+            if len(entries) < count:
                 return
 
     async def _follow(self) -> AsyncIterator[Event]:

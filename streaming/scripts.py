@@ -26,7 +26,16 @@ class Script:
 
 # KEYS: stream, meta, lease. ARGV: token, lease_ms, ttl.
 # -> {"ok", attempt, last seq, cancel} | {"busy", lease pttl} | {"ended", end kind, last seq}
+#    | {"wrongtype", key, its type}: a key of the run holds another kind of value (someone
+#    else's key: left as it is, expiry included)
 CLAIM = Script("claim", """#!lua
+local kinds = {'stream', 'hash', 'string'}
+for i = 1, 3 do
+  local kind = redis.call('TYPE', KEYS[i])['ok']
+  if kind ~= 'none' and kind ~= kinds[i] then
+    return {'wrongtype', KEYS[i], kind}
+  end
+end
 local ended = redis.call('HGET', KEYS[2], 'end')
 if ended then
   return {'ended', ended, tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')}
@@ -132,7 +141,8 @@ return 0
 # KEYS: meta1, lease1, stream1, meta2, ... (one slot in a cluster: call it per run there).
 # -> for each run {state, last seq, attempt, end kind, type of the stream key, the ending frame
 #    of a stream the seed wrote (no meta) or ''};
-#    state: missing | pending | live | idle | ended
+#    state: missing | pending | live | idle | ended. Only a string is a lease: a key of another
+#    kind under a lease's name must not keep readers waiting for a producer forever.
 STATUS = Script("status", """#!lua flags=no-writes
 local out = {}
 for i = 1, #KEYS, 3 do
@@ -142,7 +152,7 @@ for i = 1, #KEYS, 3 do
   if m['err'] then m = {false, false, false} end
   local kind, state, last = 'stream', nil, ''
   if m[3] then state = 'ended'
-  elseif m[2] and redis.call('EXISTS', KEYS[i + 1]) == 1 then state = 'live'
+  elseif m[2] and redis.call('TYPE', KEYS[i + 1])['ok'] == 'string' then state = 'live'
   elseif m[2] == '0' then state = 'pending'
   elseif m[2] then state = 'idle'
   else

@@ -72,7 +72,9 @@ class Settings:
     #: it with a ``lost`` terminal error. Covers a queued run whose task has not started.
     producer_timeout: float = 30.0
     #: Entries a reader may have waiting before it is detached from the shared read and
-    #: catches up on its own (protects the shared read from one slow client).
+    #: catches up on its own (protects the shared read from one slow client). Also the most
+    #: it fetches at once while catching up: a client that stops reading holds at most this
+    #: many entries (and its socket's write buffer) in the web process.
     reader_queue: int = 1000
     #: Timeout of one Redis command that is not a blocking read.
     socket_timeout: float = 5.0

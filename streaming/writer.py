@@ -173,7 +173,8 @@ class StreamWriter:
         """Claim ``run_id`` for this writer and return its handle (blocks on Redis I/O).
 
         A run another live writer holds raises ``RunBusyError`` after waiting up to ``wait``
-        seconds for its lease to lapse; an ended run raises ``RunClosedError``. A run claimed
+        seconds for its lease to lapse; an ended run raises ``RunClosedError``, and one whose
+        keys hold another kind of value (someone else's) ``WriterError``. A run claimed
         before by another writer (a retried or redelivered task) goes on with the next seq
         id, after a ``restarted`` event carrying the attempt number. ``announce_restart=False``
         leaves that event out: for a claim made only to write the ending of a run whose
@@ -207,6 +208,9 @@ class StreamWriter:
                 return _Run(keys, token, int(reply[1]), int(reply[2]), cancel_requested=reply[3])
             if status == "ended":
                 raise RunClosedError(f"run {keys.run_id} already ended ({reply[1]})")
+            if status == "wrongtype":
+                raise WriterError(f"run {keys.run_id}: {reply[1]} holds a {reply[2]}, "
+                                  "not this run's data; it was left as it is")
             if time.monotonic() >= give_up:
                 raise RunBusyError(
                     f"run {keys.run_id} is held by another live writer "
@@ -252,10 +256,13 @@ class StreamWriter:
         if outage and self._outage_since is not None:
             down = time.monotonic() - self._outage_since
             if down > self.settings.unavailable_timeout:
-                raise StoreUnavailableError(
-                    f"Redis unreachable or refusing writes for {down:.1f} s "
-                    f"(last: {self._outage_reason})"
-                )
+                raise StoreUnavailableError(self._outage())
+
+    def _outage(self) -> str:
+        assert self._outage_since is not None
+        down = time.monotonic() - self._outage_since
+        return (f"Redis unreachable or refusing writes for {down:.1f} s "
+                f"(last: {self._outage_reason})")
 
     def _wait_for_room(self, run: _Run, size: int, timeout: float | None, *,
                        outage: bool) -> None:
@@ -264,9 +271,12 @@ class StreamWriter:
         while self._buffered + size > self.settings.max_buffer_bytes:
             left = give_up - time.monotonic()
             if left <= 0:
+                # Say why when Redis is the cause (down, or out of memory): the run's
+                # ending carries this message to its readers.
+                why = f": {self._outage()}" if self._outage_since is not None else ""
                 raise BufferFullError(
                     f"writer buffer full ({self._buffered} of "
-                    f"{self.settings.max_buffer_bytes} bytes) for {timeout} s"
+                    f"{self.settings.max_buffer_bytes} bytes) for {timeout} s{why}"
                 )
             self._cond.wait(left)
             self._check_writable(run, outage=outage)

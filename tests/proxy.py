@@ -27,6 +27,8 @@ class Proxy:
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._closed = False
+        #: Connections forwarded so far (a client that reconnects adds one).
+        self.accepted = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -72,6 +74,7 @@ class Proxy:
                 continue
             with self._lock:
                 self._conns += [client, server]
+                self.accepted += 1
             threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
             threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
 

@@ -1,6 +1,7 @@
 """Faults of the store itself, at the library level: restarts, full memory, stalled networks."""
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -105,3 +106,60 @@ async def test_a_stalled_connection_is_detected_and_the_hub_resumes(settings, re
         proxy.close()
     assert [e.seq for e in seen] == list(range(1, 52))
     assert [e.data for e in seen[:-1]] == [str(i) for i in range(50)]
+
+
+async def test_server_restarted_empty_ends_hub_readers_with_lost(private_server, settings, run_id):
+    """Case 5, the web side: a hub reader ends with an explicit ``lost``, not a hang; the
+    writer refuses to renumber the run on the empty server."""
+    local = settings.replace(redis_url=private_server.url)
+    writer = StreamWriter(local).start()
+    try:
+        run = await asyncio.to_thread(writer.open, run_id)
+        run.send("a")
+        run.send("b")
+        await run.aflush()
+        async with ReaderHub(local) as hub:
+            seen = []
+
+            async def consume():
+                async for event in hub.read(run_id):
+                    seen.append(event)
+
+            task = asyncio.create_task(consume())
+            await asyncio.wait_for(_until(lambda: len(seen) == 2), 5)
+            await asyncio.to_thread(private_server.restart)
+            await asyncio.wait_for(task, 15)
+        with pytest.raises(StreamGoneError):  # at once, or from its flush
+            run.send("c")
+            await run.aflush(timeout=15)
+    finally:
+        writer.stop(timeout=2)
+    assert [e.seq for e in seen] == [1, 2, None]
+    assert seen[-1].terminal is Terminal.LOST and "vanished" in seen[-1].data
+    assert sync_client(local).exists(f"sse:run:{run_id}") == 0
+
+
+async def test_a_cursor_older_than_the_trimmed_history_gets_a_gap_from_the_hub(settings, run_id):
+    """Case 6, the web side: the gap event names the missing range, then the stored rest."""
+    writer = StreamWriter(settings.replace(max_stream_length=100)).start()
+    try:
+        run = writer.open(run_id)
+        for i in range(1000):
+            run.send(str(i))
+        run.finish()
+    finally:
+        writer.stop()
+    first = int(sync_client(settings).xrange(f"sse:run:{run_id}", count=1)[0][1]["seq_id"])
+    assert first > 6
+    async with ReaderHub(settings) as hub:
+        events = [e async for e in hub.read(run_id, starting_after=5)]
+    assert events[0].event == "gap" and events[0].seq is None and events[0].terminal is None
+    assert json.loads(events[0].data)["gap"] == {
+        "first": 6, "last": first - 1, "message": f"chunks 6..{first - 1} are no longer stored"}
+    assert [e.seq for e in events[1:]] == list(range(first, 1002))
+    assert [e.data for e in events[1:-1]] == [str(i) for i in range(first - 1, 1000)]
+
+
+async def _until(condition, step=0.02):
+    while not condition():
+        await asyncio.sleep(step)

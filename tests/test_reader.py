@@ -101,6 +101,7 @@ def test_a_queued_run_is_waited_for(writer, client, settings, run_id):
     assert [e.seq for e in events] == [1, 2, 3]
 
 
+@pytest.mark.fault
 def test_a_dead_producer_ends_the_read_with_lost(writer, client, settings, run_id):
     run = write_run(writer, run_id, 2, ending=None)
     run.release()  # the producer is gone: no more lease refreshes
@@ -113,6 +114,7 @@ def test_a_dead_producer_ends_the_read_with_lost(writer, client, settings, run_i
     assert waited < bound
 
 
+@pytest.mark.fault
 def test_trimmed_history_is_an_explicit_gap(settings, client, redis_client, run_id):
     writer = StreamWriter(settings.replace(max_stream_length=100)).start()
     try:
@@ -141,6 +143,7 @@ def test_status_and_cancel_request(writer, client, settings, run_id):
     assert run_status(client, "test-never", settings).state == "missing"
 
 
+@pytest.mark.fault
 def test_server_restarted_empty_ends_readers_with_lost(private_server, settings, run_id):
     local = settings.replace(redis_url=private_server.url)
     writer = StreamWriter(local).start()

@@ -54,6 +54,7 @@ def test_runs_on_both_children_all_arrive(prefork):
     assert pids <= set(prefork.children()) and len(pids) == 2
 
 
+@pytest.mark.fault
 def test_cooperative_cancel_ends_the_run_within_a_second(prefork):
     run_id = prefork.runs.start("demo", {"text": "z" * 60, "chunk_size": 1, "rate": 1})
     events = iter(read_events(prefork.reader, run_id, prefork.config.streaming))
@@ -65,6 +66,7 @@ def test_cooperative_cancel_ends_the_run_within_a_second(prefork):
     assert time.monotonic() - started < 1.0
 
 
+@pytest.mark.fault
 def test_sigkill_of_a_child_restarts_the_run_in_another(prefork):
     run_id = prefork.runs.start("demo", {"text": TEXT, "chunk_size": 3, "rate": 10})
     victim = prefork.wait_progress(run_id, chunks=3)["worker_pid"]
@@ -80,6 +82,7 @@ def test_sigkill_of_a_child_restarts_the_run_in_another(prefork):
     assert summary(prefork, run_id)["worker_pid"] != victim
 
 
+@pytest.mark.fault
 def test_a_stuck_run_is_terminated_and_ended_cancelled(prefork):
     # demo.fail sleeps in time.sleep between chunks: it cannot see a cancel for 20 s.
     run_id = prefork.runs.start("demo.fail", {"after": 5, "rate": 0.05})
@@ -96,6 +99,7 @@ def test_a_stuck_run_is_terminated_and_ended_cancelled(prefork):
     assert events_of(prefork, again)[-1].terminal is Terminal.DONE
 
 
+@pytest.mark.fault
 def test_soft_time_limit_ends_the_run_timeout(prefork):
     run_id = prefork.runs.start("demo.fail", {"after": 5, "rate": 0.1}, soft_time_limit=1,
                                 time_limit=20)
@@ -107,6 +111,7 @@ def test_soft_time_limit_ends_the_run_timeout(prefork):
     assert result.state == "FAILURE"
 
 
+@pytest.mark.fault
 def test_hard_time_limit_is_ended_timeout_by_the_main_process(prefork):
     # Celery arms the hard limit when the soft one fires; this generator ignores the soft one.
     run_id = prefork.runs.start("test.stubborn", {"seconds": 30}, soft_time_limit=1,
@@ -128,6 +133,7 @@ def test_children_recycled_after_each_task_lose_nothing(recycling):
     assert len(set(pids)) == 3
 
 
+@pytest.mark.fault
 def test_sigkill_without_requeue_ends_the_run_lost_in_bounded_time(recycling):
     run_id = recycling.runs.start("demo", {"text": TEXT, "chunk_size": 3, "rate": 10})
     victim = recycling.wait_progress(run_id, chunks=2)["worker_pid"]
@@ -140,6 +146,7 @@ def test_sigkill_without_requeue_ends_the_run_lost_in_bounded_time(recycling):
     assert time.monotonic() - killed < 30
 
 
+@pytest.mark.fault
 def test_sigterm_mid_run_finishes_and_flushes(redis_url):
     worker = WorkerProcess(redis_url).start()
     try:

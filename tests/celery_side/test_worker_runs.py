@@ -60,6 +60,7 @@ def test_a_chunk_without_framing_ends_the_run_with_an_error(runs, reader_client,
     assert error["type"] == "UnsupportedChunk" and "not int" in error["message"]
 
 
+@pytest.mark.fault
 def test_unknown_generator_fails_fast_with_a_clear_error(runs, stream_app, reader_client,
                                                          worker_config):
     run_id = runs.start("os.system", {"command": "true"})
@@ -80,6 +81,7 @@ def test_unknown_generator_fails_fast_with_a_clear_error(runs, stream_app, reade
     ({"text": "a", "chunk_size": "8"}, "chunk_size: Input should be a valid integer"),
     ({"text": "a", "shell": "rm"}, "shell: Extra inputs are not permitted"),
 ])
+@pytest.mark.fault
 def test_bad_params_end_the_run_with_an_error_naming_the_field(
         params, expected, stream_app, redis_client, reader_client, worker_config):
     run_id = f"run-{uuid.uuid4().hex}"
@@ -122,6 +124,7 @@ def runs_reader(client, run_id, settings):
     return read_events(client, run_id, settings)
 
 
+@pytest.mark.fault
 def test_cancel_reaches_an_async_generator_within_a_second(runs, stream_app, reader_client,
                                                            worker_config):
     run_id = runs.start("demo", {"text": "x" * 100, "chunk_size": 1, "rate": 1})
@@ -133,6 +136,7 @@ def test_cancel_reaches_an_async_generator_within_a_second(runs, stream_app, rea
     assert stream_app.AsyncResult(run_id).get(timeout=10)["ending"] == "cancelled"
 
 
+@pytest.mark.fault
 def test_cancel_stops_and_closes_a_sync_generator_within_a_second(runs, reader_client,
                                                                   worker_config):
     run_id = runs.start("test.ticks", {"interval": 0.5})
@@ -202,6 +206,7 @@ def test_transient_errors_past_max_retries_end_the_run(runs, reader_client, work
     assert ending(events[-1])["error"]["type"] == "Flaky"
 
 
+@pytest.mark.fault
 def test_a_duplicate_delivery_ends_quietly_while_the_run_is_served(
         stream_app, redis_client, reader_client, worker_config):
     run_id = f"run-{uuid.uuid4().hex}"
@@ -278,6 +283,7 @@ def test_start_returns_a_pending_unguessable_run_with_secrets_hidden(
         redis_client.delete(config.queue)
 
 
+@pytest.mark.fault
 def test_a_stale_attempt_is_fenced_off_and_ends_quietly(runs, stream_app, reader_client,
                                                         worker_config):
     run_id = runs.start("test.usurped")

@@ -135,3 +135,22 @@ def usurped(params: UsurpedParams, context: RunContext) -> Iterator[str]:
     for index in range(20):
         yield f"refused {index}"
         time.sleep(0.05)
+
+
+class HostileParams(Params):
+    kind: str
+
+
+@register("test.hostile", HostileParams)
+def hostile(params: HostileParams, context: RunContext) -> Iterator[Any]:
+    """One good chunk, then one a run must refuse: ``kind`` says which."""
+    yield "fine"
+    bad = {
+        "oversized": "x" * (context.config.streaming.max_chunk_bytes + 1),
+        "surrogate": "not UTF-8: \udcff",
+        "bytes": b"raw bytes",
+        "nan": {"value": float("nan")},
+        "object": object(),
+    }
+    yield bad[params.kind]
+    observed.setdefault(context.run_id, {})["went_on"] = True

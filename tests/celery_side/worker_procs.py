@@ -32,8 +32,8 @@ def clean_env(**values: str) -> dict[str, str]:
 class WorkerProcess:
     """One ``celery worker`` subprocess with its own queue, logging to a file."""
 
-    def __init__(self, redis_url: str, *args: str, **env: str) -> None:
-        self.queue = f"test-{uuid.uuid4().hex}"
+    def __init__(self, redis_url: str, *args: str, queue: str | None = None, **env: str) -> None:
+        self.queue = queue or f"test-{uuid.uuid4().hex}"
         self.args = ["-P", "prefork", "-c", "2", *args]
         self.env = clean_env(REDIS_URL=redis_url, WORKER_QUEUE=self.queue,
                              PYTHONPATH=str(HERE), WORKER_GENERATOR_MODULES="worker_helpers",

@@ -258,6 +258,7 @@ def test_no_pings_when_the_post_body_says_so(web_settings: Settings, writer: Str
     handle.finish()
 
 
+@pytest.mark.fault
 def test_trimmed_history_is_an_explicit_gap_event(web: Web, done_run: tuple[str, list[str]],
                                                   redis_client: redis.Redis):
     run_id, datas = done_run
@@ -296,6 +297,7 @@ def bad_tokens(signer: TokenSigner, run_id: str) -> dict[str, tuple[dict[str, An
 
 @pytest.mark.parametrize("case", ["missing", "forged", "other secret", "expired", "malformed",
                                   "other run", "bearer forged"])
+@pytest.mark.fault
 def test_refused_without_revealing_whether_the_run_exists(web: Web, case: str,
                                                          done_run: tuple[str, list[str]]):
     existing, _ = done_run
@@ -311,6 +313,7 @@ def test_refused_without_revealing_whether_the_run_exists(web: Web, case: str,
     assert answers[:3] == answers[3:]  # the same answer for a run that exists and one that does not
 
 
+@pytest.mark.fault
 def test_access_is_decided_without_redis(web_settings: Settings):
     """With the store unreachable, a bad token still gets 401 (not 503): no Redis I/O first."""
     down = web_settings.replace(redis_url="redis://127.0.0.1:9/0", socket_timeout=1.0)
@@ -356,6 +359,7 @@ BAD_CURSORS = ["abc", "-1", "99999999999999999999", str(MAX_SEQ + 1), "$", "1.5"
 
 
 @pytest.mark.parametrize("form", FORMS)
+@pytest.mark.fault
 def test_bad_cursors_get_400_naming_the_input(web: Web, done_run: tuple[str, list[str]],
                                               form: str):
     run_id, _ = done_run
@@ -383,6 +387,7 @@ def test_bad_cursors_get_400_naming_the_input(web: Web, done_run: tuple[str, lis
 
 
 @pytest.mark.parametrize("run_id", ["bad$id", "a" * 129, "sp%20ace", "semi;colon", "%00"])
+@pytest.mark.fault
 def test_bad_run_ids_get_400(web: Web, run_id: str):
     for method, path in (("GET", "stream"), ("POST", "stream"), ("GET", "status")):
         response = web.client.request(method, f"/runs/{run_id}/{path}")
