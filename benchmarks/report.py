@@ -11,7 +11,8 @@ from .core import Figure, Result
 
 __all__ = ["fmt", "markdown", "print_header", "print_result", "write_json"]
 
-COLUMNS = ("figure", "project", "seed", "gain vs seed", "server ceiling", "target", "met")
+COLUMNS = ("figure", "project", "cluster", "seed", "gain vs seed", "server ceiling", "target",
+           "met")
 
 try:
     from rich.console import Console
@@ -55,7 +56,7 @@ def cells(figure: Figure) -> tuple[str, ...]:
     met = {None: "", True: "yes", False: "NO"}[figure.met]
     name = ", ".join(part for part in (figure.name, figure.unit) if part)
     name += f" ({figure.note})" if figure.note else ""
-    return (name, fmt(figure.project), fmt(figure.seed),
+    return (name, fmt(figure.project), fmt(figure.cluster), fmt(figure.seed),
             "-" if gain is None else f"{fmt(gain)}x", fmt(figure.ceiling),
             figure.target.text(figure.better, figure.unit) if figure.target else "", met)
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import redis
-
+from .client import SyncClient
 from .control import run_status
 from .cursor import RunCursor, RunStatus, xread_reply
 from .settings import Settings
@@ -27,7 +26,7 @@ class RunReader:
     already past the ending and nothing was yielded).
     """
 
-    def __init__(self, client: redis.Redis, run_id: str, settings: Settings, *,
+    def __init__(self, client: SyncClient, run_id: str, settings: Settings, *,
                  starting_after: object = None) -> None:
         self.client = client
         self.settings = settings
@@ -54,7 +53,7 @@ class RunReader:
         return run_status(self.client, self.cursor.keys.run_id, self.settings)
 
 
-def read_events(client: redis.Redis, run_id: str, settings: Settings, *,
+def read_events(client: SyncClient, run_id: str, settings: Settings, *,
                 starting_after: object = None) -> RunReader:
     """The events of ``run_id`` after ``starting_after`` (a seq id; default: from the start).
 

@@ -28,13 +28,10 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import redis.asyncio as aredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, OutOfMemoryError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import scripts
-from .client import async_client
+from .client import TRANSIENT, AsyncClient, async_client
 from .errors import (
     BufferFullError,
     RunBusyError,
@@ -52,7 +49,7 @@ __all__ = ["RunWriter", "StreamWriter", "WriterStats", "shared_writer"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+_TRANSIENT = TRANSIENT
 _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
 
 
@@ -101,7 +98,7 @@ class StreamWriter:
         self,
         settings: Settings,
         *,
-        client_factory: Callable[[], aredis.Redis] | None = None,
+        client_factory: Callable[[], AsyncClient] | None = None,
     ) -> None:
         self.settings = settings
         self._client_factory = client_factory or (lambda: async_client(settings))
@@ -118,7 +115,7 @@ class StreamWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
-        self._client: aredis.Redis | None = None
+        self._client: AsyncClient | None = None
         self._done = threading.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -380,7 +377,10 @@ class StreamWriter:
             client = self._get_client()
             async with client.pipeline(transaction=False) as pipe:
                 for run, chunks, ends in batch:
-                    pipe.evalsha(scripts.APPEND.sha, 3, *self._append_args(run, chunks, ends))
+                    # execute_command: redis-py's cluster pipeline has no evalsha() method,
+                    # yet routes the command by its keys' slot.
+                    pipe.execute_command("EVALSHA", scripts.APPEND.sha, 3,
+                                         *self._append_args(run, chunks, ends))
                 replies = await pipe.execute(raise_on_error=False)
         except _TRANSIENT as exc:
             await self._requeue(batch, exc)
@@ -398,13 +398,15 @@ class StreamWriter:
     def _append_args(self, run: _Run, chunks: list[tuple[int, str, int]], ends: bool) -> list[Any]:
         keys = run.keys
         ending = run.ending.value if ends and run.ending else ""
+        notify = keys.notify if self.settings.cluster else ""
         return [keys.stream, keys.meta, keys.lease, run.token, self._lease_ms(), self._ttl(),
                 self.settings.retention, self.settings.max_stream_length, chunks[0][0], ending,
-                chunks[-1][2], *(frame for _, frame, _ in chunks)]
+                chunks[-1][2], notify, *(frame for _, frame, _ in chunks)]
 
     def _settle(self, run: _Run, chunks: list[tuple[int, str, int]], reply: Any) -> bool:
         """Record one run's reply; False when the chunks must be sent again."""
-        if isinstance(reply, NoScriptError | OutOfMemoryError):
+        # A cluster pipeline answers per node: one node's outage shows as these replies.
+        if isinstance(reply, (NoScriptError, OutOfMemoryError, *_TRANSIENT)):
             return False
         with self._cond:
             if isinstance(reply, Exception):
@@ -455,8 +457,9 @@ class StreamWriter:
         try:
             async with self._get_client().pipeline(transaction=False) as pipe:
                 for run in quiet:
-                    pipe.evalsha(scripts.REFRESH.sha, 3, run.keys.stream, run.keys.meta,
-                                 run.keys.lease, run.token, self._lease_ms(), self._ttl())
+                    pipe.execute_command("EVALSHA", scripts.REFRESH.sha, 3, run.keys.stream,
+                                         run.keys.meta, run.keys.lease, run.token,
+                                         self._lease_ms(), self._ttl())
                 replies = await pipe.execute(raise_on_error=False)
         except _TRANSIENT as exc:
             logger.warning("lease refresh failed: %s", exc)
@@ -471,12 +474,14 @@ class StreamWriter:
 
     # -- Redis plumbing (writer thread) ----------------------------------------------------
 
-    def _get_client(self) -> aredis.Redis:
+    def _get_client(self) -> AsyncClient:
         if self._client is None:
             self._client = self._client_factory()
         return self._client
 
     async def _reset_client(self) -> None:
+        if self.settings.cluster:
+            return  # a cluster client reconnects per node and keeps the nodes it discovered
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(*_TRANSIENT):

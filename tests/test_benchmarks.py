@@ -90,3 +90,12 @@ def test_missing_seed_is_reported_not_fatal(tmp_path: Path) -> None:
     assert [figure["seed"] for figure in figures] == [SEED_MISSING] * len(figures)
     assert all(numeric(figure["project"]) for figure in figures)
     assert SEED_MISSING in done.stdout
+
+
+@pytest.mark.timeout(HARNESS_TIMEOUT + 30)
+def test_quick_run_has_a_cluster_column_for_throughput_and_latency(quick: dict[str, Any]) -> None:
+    """The same writer and hub with a Redis Cluster as the store (a private embedded one)."""
+    assert "Redis Cluster" in quick["markdown"]
+    for name in ("throughput", "latency"):
+        figures = quick["scenarios"][name]["figures"]
+        assert all(numeric(figure["cluster"]) for figure in figures), (name, figures)

@@ -18,6 +18,7 @@ from streaming import (
     run_status,
 )
 from streaming.client import sync_client
+from streaming.wire import RunKeys
 
 
 @pytest.fixture
@@ -78,11 +79,16 @@ def test_unknown_run_ends_at_once_with_not_found(client, settings, run_id):
     assert time.monotonic() - started < 2
 
 
+def stream_key(run_id, settings):
+    """The run's stream key (``sse:run:{<id>}`` when the suite runs against a cluster)."""
+    return RunKeys.for_run(run_id, hash_tag=settings.cluster_hash_tags).stream
+
+
 def test_a_key_of_another_type_is_not_a_run(client, redis_client, settings, run_id):
-    redis_client.set(f"sse:run:{run_id}", "not a stream", ex=60)
+    redis_client.set(stream_key(run_id, settings), "not a stream", ex=60)
     events = list(read_events(client, run_id, settings))
     assert [e.terminal for e in events] == [Terminal.NOT_FOUND]
-    assert redis_client.get(f"sse:run:{run_id}") == "not a stream"
+    assert redis_client.get(stream_key(run_id, settings)) == "not a stream"
 
 
 def test_a_queued_run_is_waited_for(writer, client, settings, run_id):
@@ -115,7 +121,7 @@ def test_trimmed_history_is_an_explicit_gap(settings, client, redis_client, run_
         write_run(writer, run_id, 1000)
     finally:
         writer.stop()
-    first = int(redis_client.xrange(f"sse:run:{run_id}", count=1)[0][1]["seq_id"])
+    first = int(redis_client.xrange(stream_key(run_id, settings), count=1)[0][1]["seq_id"])
     assert first > 1
     events = list(read_events(client, run_id, settings, starting_after=5))
     assert events[0].event == "gap" and events[0].seq is None
