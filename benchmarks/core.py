@@ -60,6 +60,9 @@ class Figure:
     ceiling_source: str = ""
     target: Target | None = None
     note: str = ""
+    #: The project again with a Redis Cluster as the stream store (``Context.cluster_url()``),
+    #: same parameters; ``None`` where the scenario has no cluster column.
+    cluster: float | None = None
 
     @property
     def gain(self) -> float | None:
@@ -128,6 +131,27 @@ class Context:
     seed_path: str | None
     embedded: Any | None = None  # the EmbeddedServer when the harness started one
     ceilings: dict[str, Any] = field(default_factory=dict)
+    #: The cluster column's store: a cluster URL, ``"embedded"`` (a private 3-primary cluster
+    #: started on first use), or ``None`` (no cluster column).
+    cluster: str | None = None
+    _cluster_server: Any | None = field(default=None, repr=False)
+
+    def cluster_url(self) -> str | None:
+        """The Redis Cluster of the cluster column, started on first use if embedded."""
+        if self.cluster != "embedded":
+            return self.cluster
+        if self._cluster_server is None:
+            from streaming.embedded import EmbeddedCluster
+
+            self._cluster_server = EmbeddedCluster().start()
+        url: str = self._cluster_server.url
+        return url
+
+    def close(self) -> None:
+        """Stop what the context started (the embedded cluster)."""
+        if self._cluster_server is not None:
+            self._cluster_server.stop()
+            self._cluster_server = None
 
     def ceiling(self, name: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """The server ceiling ``name``, measured once per harness run."""

@@ -9,9 +9,10 @@ from typing import Any
 
 from .core import Figure, Result
 
-__all__ = ["fmt", "print_header", "print_result", "write_json"]
+__all__ = ["fmt", "markdown", "print_header", "print_result", "write_json"]
 
-COLUMNS = ("figure", "project", "seed", "gain vs seed", "server ceiling", "target", "met")
+COLUMNS = ("figure", "project", "cluster", "seed", "gain vs seed", "server ceiling", "target",
+           "met")
 
 try:
     from rich.console import Console
@@ -55,7 +56,7 @@ def cells(figure: Figure) -> tuple[str, ...]:
     met = {None: "", True: "yes", False: "NO"}[figure.met]
     name = ", ".join(part for part in (figure.name, figure.unit) if part)
     name += f" ({figure.note})" if figure.note else ""
-    return (name, fmt(figure.project), fmt(figure.seed),
+    return (name, fmt(figure.project), fmt(figure.cluster), fmt(figure.seed),
             "-" if gain is None else f"{fmt(gain)}x", fmt(figure.ceiling),
             figure.target.text(figure.better, figure.unit) if figure.target else "", met)
 
@@ -88,6 +89,23 @@ def print_result(result: Result) -> None:
     for note in result.notes:
         _print(f"  note: {note}")
     _print(f"  ({result.seconds:.1f} s)")
+
+
+def markdown(header: list[str], results: list[Result]) -> str:
+    """The run as Markdown (what the README's performance table is pasted from)."""
+    lines = [f"    {line}" for line in header]
+    lines += ["", "| scenario | " + " | ".join(COLUMNS) + " |",
+              "| --- " * (len(COLUMNS) + 1) + "|"]
+    for result in results:
+        if result.status != "ok":
+            lines.append(f"| {result.name} | {result.status}: {'; '.join(result.notes)} |"
+                         + " |" * (len(COLUMNS) - 1))
+            continue
+        for index, figure in enumerate(result.figures):
+            name = result.name if index == 0 else ""
+            lines.append(f"| {name} | " + " | ".join(c.replace("|", "/") for c in cells(figure))
+                         + " |")
+    return "\n".join(lines) + "\n"
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:

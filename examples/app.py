@@ -29,7 +29,7 @@ from starlette.staticfiles import StaticFiles
 
 from streaming.errors import AccessDenied, InvalidInput
 from streaming.settings import Settings
-from streaming.web import StreamEndpoints, error_response
+from streaming.web import StreamEndpoints, error_response, read_json_object
 
 __all__ = ["DEMO_TEXT", "Launcher", "create_app"]
 
@@ -82,7 +82,7 @@ class _Runs:
 
     async def create(self, request: Request) -> Response:
         try:
-            params = _demo_params(await _json_object(request))
+            params = _demo_params(await read_json_object(request))
         except InvalidInput as exc:
             return error_response(exc)
         run_id = await self.launcher.astart("demo", params)
@@ -111,19 +111,6 @@ class _Runs:
 
 async def _index(request: Request) -> Response:
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise InvalidInput(f"the request body is not JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise InvalidInput("the request body must be a JSON object")
-    return body
 
 
 def _demo_params(body: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,8 @@ The library half of the project: it never imports Celery, so web processes impor
 - ``ReaderHub``: the shared, blocking reader of a web process (many readers, few connections).
 - ``read_events()``: a blocking reader for threads and command-line tools.
 - ``sse_frames()``: SSE text with ``id:`` lines and keepalive pings.
-- ``Settings``: every knob, read from the environment once.
+- ``Settings``: every knob, read from the environment once (``STREAMING_CLUSTER`` or a
+  ``redis+cluster://`` URL: the store is a Redis Cluster; see ``streaming.cluster``).
 - ``TokenSigner``: signed, expiring read tokens scoped to one run.
 
 ``streaming.web`` (the SSE endpoint for Starlette/FastAPI apps) needs the ``web`` extra and is

@@ -1,23 +1,50 @@
-"""Redis clients built from settings. Nothing here connects until a command is sent."""
+"""Redis clients built from settings. Nothing here connects until a command is sent.
+
+With ``settings.cluster`` the clients are redis-py's cluster clients: they route each command
+by its key's slot and follow the cluster's redirections (``MOVED``, ``ASK``) themselves.
+"""
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import redis
 import redis.asyncio as aredis
+import redis.asyncio.cluster as acluster
+import redis.cluster
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ClusterError, RedisClusterException, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .errors import ConfigurationError
-from .settings import Settings
+from .settings import CLUSTER_SCHEME, Settings
 
-__all__ = ["async_client", "sync_client"]
+__all__ = ["TRANSIENT", "AsyncClient", "SyncClient", "async_client", "server_url", "sync_client"]
+
+#: A client of the stream store: one server, or a cluster.
+AsyncClient: TypeAlias = "aredis.Redis | acluster.RedisCluster"
+SyncClient: TypeAlias = "redis.Redis | redis.cluster.RedisCluster"
+
+#: Errors after which the same command may succeed later: the server or a node is unreachable,
+#: or a cluster is failing over or moving slots (redis-py retries those a few times itself).
+TRANSIENT: tuple[type[Exception], ...] = (
+    RedisConnectionError, RedisTimeoutError, OSError, ClusterError, TryAgainError,
+    RedisClusterException,
+)
 
 
-def _options(settings: Settings, reader: bool) -> dict[str, object]:
+def server_url(settings: Settings) -> str:
+    """``settings.redis_url`` as redis-py takes it (a ``+cluster`` scheme made plain)."""
     if not settings.redis_url:
         raise ConfigurationError(
             "no Redis URL: set REDIS_URL, or start an embedded server (streaming.embedded)"
         )
+    return CLUSTER_SCHEME.sub(r"\1://", settings.redis_url, count=1)
+
+
+def _options(settings: Settings, reader: bool) -> dict[str, object]:
     return {
         "decode_responses": True,
         # A reader's socket must outlast its longest blocking read.
@@ -28,25 +55,32 @@ def _options(settings: Settings, reader: bool) -> dict[str, object]:
 
 
 def async_client(settings: Settings, *, reader: bool = False, max_connections: int | None = None,
-                 **overrides: object) -> aredis.Redis:
+                 **overrides: object) -> AsyncClient:
     """An asyncio client for ``settings.redis_url``; use it on one event loop only.
 
     ``reader=True`` sizes the socket timeout for blocking reads. ``max_connections`` bounds
     the connections it opens: a command beyond them waits for one (at most the socket
-    timeout) instead of failing, as redis-py's default pool does past its 100.
+    timeout) instead of failing, as redis-py's default pool does past its 100. A cluster
+    client cannot wait (it keeps up to 100 connections per node and fails past them): its
+    users bound their concurrent commands themselves, and ``max_connections`` is ignored.
     """
+    url = server_url(settings)
     options = _options(settings, reader) | overrides
     options.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
+    if settings.cluster:
+        return acluster.RedisCluster.from_url(url, **options)
     if max_connections is None:
-        return aredis.Redis.from_url(settings.redis_url, **options)  # type: ignore[arg-type]
+        return aredis.Redis.from_url(url, **options)  # type: ignore[arg-type]
     pool = aredis.BlockingConnectionPool.from_url(
-        settings.redis_url,  # type: ignore[arg-type]
-        max_connections=max_connections, timeout=options["socket_timeout"], **options)
+        url, max_connections=max_connections, timeout=options["socket_timeout"], **options)
     return aredis.Redis.from_pool(pool)
 
 
-def sync_client(settings: Settings, *, reader: bool = False, **overrides: object) -> redis.Redis:
+def sync_client(settings: Settings, *, reader: bool = False, **overrides: object) -> SyncClient:
     """A thread-safe blocking client for ``settings.redis_url`` (``reader``: as above)."""
+    url = server_url(settings)
     options = _options(settings, reader) | overrides
     options.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
-    return redis.Redis.from_url(settings.redis_url, **options)  # type: ignore[arg-type]
+    if settings.cluster:
+        return redis.cluster.RedisCluster.from_url(url, **options)
+    return redis.Redis.from_url(url, **options)

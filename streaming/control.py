@@ -5,10 +5,8 @@ Each function takes a client and has a sync and an async form; none imports Cele
 
 from __future__ import annotations
 
-import redis
-import redis.asyncio as aredis
-
 from . import scripts
+from .client import AsyncClient, SyncClient
 from .cursor import RunStatus
 from .settings import Settings
 from .wire import RunKeys
@@ -28,7 +26,7 @@ def _keys(run_id: str, settings: Settings) -> RunKeys:
     return RunKeys.for_run(run_id, hash_tag=settings.cluster_hash_tags)
 
 
-def mark_pending(client: redis.Redis, run_id: str, settings: Settings,
+def mark_pending(client: SyncClient, run_id: str, settings: Settings,
                  queue_timeout: int = 3600) -> None:
     """Record a queued run so readers wait for it instead of ending with ``not_found``.
 
@@ -42,7 +40,7 @@ def mark_pending(client: redis.Redis, run_id: str, settings: Settings,
         pipe.execute()
 
 
-async def amark_pending(client: aredis.Redis, run_id: str, settings: Settings,
+async def amark_pending(client: AsyncClient, run_id: str, settings: Settings,
                         queue_timeout: int = 3600) -> None:
     keys = _keys(run_id, settings)
     async with client.pipeline(transaction=False) as pipe:
@@ -61,7 +59,7 @@ return 1
 """
 
 
-def request_cancel(client: redis.Redis, run_id: str, settings: Settings,
+def request_cancel(client: SyncClient, run_id: str, settings: Settings,
                    reason: str = "cancelled") -> bool:
     """Ask the run's producer to stop; False if the run is unknown or already ended.
 
@@ -70,25 +68,25 @@ def request_cancel(client: redis.Redis, run_id: str, settings: Settings,
     return bool(client.eval(_CANCEL, 1, _keys(run_id, settings).meta, reason or "cancelled"))
 
 
-async def arequest_cancel(client: aredis.Redis, run_id: str, settings: Settings,
+async def arequest_cancel(client: AsyncClient, run_id: str, settings: Settings,
                           reason: str = "cancelled") -> bool:
     keys = _keys(run_id, settings)
     return bool(await client.eval(_CANCEL, 1, keys.meta, reason or "cancelled"))
 
 
-def cancel_reason(client: redis.Redis, run_id: str, settings: Settings) -> str:
+def cancel_reason(client: SyncClient, run_id: str, settings: Settings) -> str:
     """The reason given to ``request_cancel()`` for the run; '' if none was."""
     return client.hget(_keys(run_id, settings).meta, "cancel") or ""  # type: ignore[return-value]
 
 
-def run_status(client: redis.Redis, run_id: str, settings: Settings) -> RunStatus:
+def run_status(client: SyncClient, run_id: str, settings: Settings) -> RunStatus:
     """The run's state, last seq id, attempt and ending (see ``RunStatus``)."""
     keys = _keys(run_id, settings)
     reply = client.eval(scripts.STATUS.source, 3, keys.meta, keys.lease, keys.stream)
     return RunStatus.from_reply(reply[0])
 
 
-async def arun_status(client: aredis.Redis, run_id: str, settings: Settings) -> RunStatus:
+async def arun_status(client: AsyncClient, run_id: str, settings: Settings) -> RunStatus:
     keys = _keys(run_id, settings)
     reply = await client.eval(scripts.STATUS.source, 3, keys.meta, keys.lease, keys.stream)
     return RunStatus.from_reply(reply[0])

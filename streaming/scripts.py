@@ -70,13 +70,16 @@ end
 
 # KEYS: stream, meta, lease.
 # ARGV: token, lease_ms, ttl, retention, maxlen, first local index, end kind ('' if none),
-#       timestamp ms, frame...
+#       timestamp ms, notify channel ('' for none), frame...
 # Appends the frames the meta hash has not acknowledged yet, so a batch replayed after a
-# lost reply adds nothing twice. -> {last seq, acked, cancel}
+# lost reply adds nothing twice. In a cluster the writer names the run's shard channel (same
+# slot): the new last seq is published there once per call that added entries, which is how
+# readers' hubs learn of them (best effort: readers also poll quiet runs' status).
+# -> {last seq, acked, cancel}
 APPEND = Script("append", "#!lua\n" + _OWNER_CHECK + """
 local acked = tonumber(redis.call('HGET', KEYS[2], 'acked'))
 local first = tonumber(ARGV[6])
-local n = #ARGV - 8
+local n = #ARGV - 9
 local seq = tonumber(redis.call('HGET', KEYS[2], 'seq'))
 local cancel = redis.call('HGET', KEYS[2], 'cancel') or ''
 if first > acked + 1 then
@@ -93,10 +96,10 @@ for i = acked - first + 2, n do
   seq = seq + 1
   if i == n and ending ~= '' then
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'seq_id', seq,
-      'data', ARGV[8 + i], 'timestamp', ARGV[8], 'complete', 'true')
+      'data', ARGV[9 + i], 'timestamp', ARGV[8], 'complete', 'true')
   else
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'seq_id', seq,
-      'data', ARGV[8 + i], 'timestamp', ARGV[8])
+      'data', ARGV[9 + i], 'timestamp', ARGV[8])
   end
 end
 acked = first + n - 1
@@ -110,6 +113,9 @@ else
   redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+if ARGV[9] ~= '' then
+  redis.pcall('SPUBLISH', ARGV[9], seq)  -- a lost notification must not fail a stored write
 end
 return {seq, acked, cancel}
 """)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,8 @@ from .errors import ConfigurationError
 __all__ = ["Settings"]
 
 _ENV_PREFIX = "STREAMING_"
+#: A URL scheme that names a Redis Cluster node: ``redis+cluster://``, ``rediss+cluster://``.
+CLUSTER_SCHEME = re.compile(r"(rediss?)\+cluster://", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,10 @@ class Settings:
     #: The stream store. ``None`` means "no server given": the demo and tests start an
     #: embedded one (see ``streaming.embedded``).
     redis_url: str | None = None
+    #: The stream store is a Redis Cluster: ``redis_url`` names any one of its nodes. A
+    #: ``redis+cluster://`` (or ``rediss+cluster://``) URL says the same. Turns on
+    #: ``cluster_hash_tags``, and readers follow runs through shard channels (``SSUBSCRIBE``).
+    cluster: bool = False
     #: Wrap run ids in a ``{hash tag}`` so all keys of a run share a Redis Cluster slot.
     #: Off by default: the seed's readers and writers expect the plain ``sse:run:<id>`` key.
     cluster_hash_tags: bool = False
@@ -38,7 +45,8 @@ class Settings:
     max_stream_length: int = 10_000
     #: Largest accepted chunk, in UTF-8 bytes of its SSE frame.
     max_chunk_bytes: int = 1024 * 1024
-    #: Bound on the bytes a writer holds that Redis has not yet acknowledged.
+    #: Bound on the bytes a writer holds that Redis has not yet acknowledged: each chunk counts
+    #: its frame plus 256 bytes of bookkeeping, so the bound tracks the memory it takes.
     max_buffer_bytes: int = 64 * 1024 * 1024
     #: How long a write waits for room in a full buffer before ``BufferFullError``.
     buffer_timeout: float = 10.0
@@ -57,9 +65,9 @@ class Settings:
     #: command per this interval, shared by every reader of the process.
     block_timeout: float = 20.0
     #: How often readers waiting on quiet runs check that the runs' producers are alive: two
-    #: server-side calls per quiet run and interval (0.1 per second at the default), one
+    #: server-side calls per quiet run and interval (0.08 per second at the default), one
     #: command for many runs.
-    liveness_interval: float = 20.0
+    liveness_interval: float = 25.0
     #: How long a run may have no live producer (and no terminal entry) before readers end
     #: it with a ``lost`` terminal error. Covers a queued run whose task has not started.
     producer_timeout: float = 30.0
@@ -77,6 +85,10 @@ class Settings:
     token_ttl: float = 24 * 3600
 
     def __post_init__(self) -> None:
+        if self.redis_url is not None and CLUSTER_SCHEME.match(self.redis_url):
+            object.__setattr__(self, "cluster", True)
+        if self.cluster:  # a run's keys must share one slot (its scripts touch them all)
+            object.__setattr__(self, "cluster_hash_tags", True)
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:

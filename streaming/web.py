@@ -68,7 +68,7 @@ from .sse import sse_frames
 from .tokens import TokenSigner
 from .wire import parse_cursor, validate_run_id
 
-__all__ = ["AuthHook", "StreamEndpoints", "TokenAuth"]
+__all__ = ["AuthHook", "StreamEndpoints", "TokenAuth", "read_json_object"]
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class StreamEndpoints:
         run_id = request.path_params["run_id"]
         try:
             await self.authorize(request, run_id)
-            cursor, pings = _body_cursor(request, await _json_body(request))
+            cursor, pings = _body_cursor(request, await read_json_object(request))
             return await self._serve(run_id, cursor, pings=pings)
         except (InvalidInput, AccessDenied) as exc:
             return error_response(exc)
@@ -268,7 +268,8 @@ def _body_cursor(request: Request, body: dict[str, Any]) -> tuple[_Cursor, bool]
     return ("starting_after", body.get("starting_after")), pings
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def read_json_object(request: Request) -> dict[str, Any]:
+    """The request's JSON object body ({} when empty); ``InvalidInput`` (400) otherwise."""
     raw = await request.body()
     if not raw.strip():
         return {}

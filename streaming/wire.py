@@ -24,7 +24,8 @@ This project adds, without changing what the seed reads:
   refreshes: no lease and no terminal entry means the producer is gone.
 
 With ``cluster_hash_tags`` the run id is written as ``{<run_id>}`` in all three keys so they
-share one Redis Cluster slot.
+share one Redis Cluster slot. In a cluster, writers also publish each batch's last seq id on the
+run's shard channel ``sse:run:{<run_id>}:notify`` (same slot), which readers subscribe to.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 #: Largest cursor accepted: 2**53 - 1, the largest integer a JSON client reads exactly.
 MAX_SEQ = 2**53 - 1
 DONE_FRAME = "data: [DONE]\n\n"
+#: A run's shard channel is its stream key and this (``RunKeys.notify``).
+NOTIFY_SUFFIX = ":notify"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _CURSOR_PATTERN = re.compile(r"[0-9]{1,16}")
 
@@ -102,6 +105,11 @@ class RunKeys:
     stream: str
     meta: str
     lease: str
+
+    @property
+    def notify(self) -> str:
+        """The run's shard channel (cluster mode): each stored batch's last seq id."""
+        return self.stream + NOTIFY_SUFFIX
 
     @classmethod
     def for_run(cls, run_id: str, *, hash_tag: bool = False) -> RunKeys:

@@ -24,6 +24,8 @@ from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS_TIMEOUT = 240
+#: How a scenario of a tier the seed does not have (Celery, HTTP) fills the seed column.
+NO_SEED_TIER = "n/a (the seed has no "
 
 
 def run_harness(*args: str) -> subprocess.CompletedProcess[str]:
@@ -70,6 +72,8 @@ def test_quick_run_measures_the_seed_beside_the_project(quick: dict[str, Any]) -
             continue
         seeds = [figure["seed"] for figure in result["figures"]]
         assert SEED_MISSING not in seeds, name
+        if all(str(value).startswith(NO_SEED_TIER) for value in seeds):
+            continue  # the worker and web tiers' scenarios: the seed has no such tier
         assert any(numeric(value) for value in seeds), (name, seeds)
         for figure in result["figures"]:
             if numeric(figure["seed"]):
@@ -86,3 +90,12 @@ def test_missing_seed_is_reported_not_fatal(tmp_path: Path) -> None:
     assert [figure["seed"] for figure in figures] == [SEED_MISSING] * len(figures)
     assert all(numeric(figure["project"]) for figure in figures)
     assert SEED_MISSING in done.stdout
+
+
+@pytest.mark.timeout(HARNESS_TIMEOUT + 30)
+def test_quick_run_has_a_cluster_column_for_throughput_and_latency(quick: dict[str, Any]) -> None:
+    """The same writer and hub with a Redis Cluster as the store (a private embedded one)."""
+    assert "Redis Cluster" in quick["markdown"]
+    for name in ("throughput", "latency"):
+        figures = quick["scenarios"][name]["figures"]
+        assert all(numeric(figure["cluster"]) for figure in figures), (name, figures)

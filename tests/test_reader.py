@@ -18,6 +18,7 @@ from streaming import (
     run_status,
 )
 from streaming.client import sync_client
+from streaming.wire import RunKeys
 
 
 @pytest.fixture
@@ -78,11 +79,16 @@ def test_unknown_run_ends_at_once_with_not_found(client, settings, run_id):
     assert time.monotonic() - started < 2
 
 
+def stream_key(run_id, settings):
+    """The run's stream key (``sse:run:{<id>}`` when the suite runs against a cluster)."""
+    return RunKeys.for_run(run_id, hash_tag=settings.cluster_hash_tags).stream
+
+
 def test_a_key_of_another_type_is_not_a_run(client, redis_client, settings, run_id):
-    redis_client.set(f"sse:run:{run_id}", "not a stream", ex=60)
+    redis_client.set(stream_key(run_id, settings), "not a stream", ex=60)
     events = list(read_events(client, run_id, settings))
     assert [e.terminal for e in events] == [Terminal.NOT_FOUND]
-    assert redis_client.get(f"sse:run:{run_id}") == "not a stream"
+    assert redis_client.get(stream_key(run_id, settings)) == "not a stream"
 
 
 def test_a_queued_run_is_waited_for(writer, client, settings, run_id):
@@ -115,7 +121,7 @@ def test_trimmed_history_is_an_explicit_gap(settings, client, redis_client, run_
         write_run(writer, run_id, 1000)
     finally:
         writer.stop()
-    first = int(redis_client.xrange(f"sse:run:{run_id}", count=1)[0][1]["seq_id"])
+    first = int(redis_client.xrange(stream_key(run_id, settings), count=1)[0][1]["seq_id"])
     assert first > 1
     events = list(read_events(client, run_id, settings, starting_after=5))
     assert events[0].event == "gap" and events[0].seq is None
@@ -257,3 +263,17 @@ async def test_hub_reports_gaps_and_lost_producers_like_the_blocking_reader(writ
         events = await asyncio.wait_for(collect(hub, run_id), 15)
     assert [e.seq for e in events] == [1, None]
     assert events[-1].terminal is Terminal.LOST
+
+
+async def test_hundreds_of_readers_joining_at_once_wait_for_connections(writer, settings, run_id):
+    """redis-py's default pool fails past 100 connections; the hub's waits for a free one."""
+    run = await asyncio.to_thread(writer.open, run_id)
+    for i in range(20):
+        run.send(str(i))
+    await run.aflush()
+    async with ReaderHub(settings) as hub:
+        readers = [asyncio.create_task(collect(hub, run_id)) for _ in range(300)]
+        await asyncio.sleep(0.2)
+        await run.afinish()
+        results = await asyncio.wait_for(asyncio.gather(*readers), 60)
+    assert all([e.seq for e in r] == list(range(1, 22)) for r in results)

@@ -1,8 +1,10 @@
 """The worker's configuration: one frozen dataclass read from the environment once, at the edge.
 
 ``REDIS_URL`` (the stream store) is required; ``CELERY_BROKER_URL`` and ``CELERY_RESULT_BACKEND``
-default to it. ``WORKER_*`` variables tune the Celery side, ``OPENAI_*`` the built-in
-chat-completions generator, and ``STREAMING_*`` the stream writer (``streaming.settings``).
+default to it, except when the store is a Redis Cluster (``STREAMING_CLUSTER=true`` or a
+``redis+cluster://`` URL): Celery cannot use one, so both must then be given. ``WORKER_*``
+variables tune the Celery side, ``OPENAI_*`` the built-in chat-completions generator, and
+``STREAMING_*`` the stream writer (``streaming.settings``).
 """
 
 from __future__ import annotations
@@ -101,7 +103,22 @@ class WorkerConfig:
                 values[name] = _parse(variable, env[variable], types[name])
         values.update(overrides)
         values.setdefault("streaming", Settings.from_env(env))
+        _check_cluster_store(values)
         return cls(**values)
+
+
+def _check_cluster_store(values: dict[str, Any]) -> None:
+    """A cluster stream store cannot be Celery's broker or result backend too."""
+    store: Settings = values["streaming"]
+    if not store.cluster:
+        return
+    for name in ("broker_url", "result_backend"):
+        if values[name] in ("", store.redis_url):
+            raise ConfigurationError(
+                f"{ENVIRONMENT[name]} is not set: the stream store is a Redis Cluster, which "
+                "Celery cannot use; name a separate broker and result backend (a plain Redis "
+                "server or RabbitMQ)"
+            )
 
 
 def _parse(variable: str, raw: str, kind: str) -> Any:

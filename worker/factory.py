@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import redis
 from celery import Celery
 
-from streaming.client import sync_client
+from streaming.client import SyncClient, sync_client
 from streaming.writer import StreamWriter, shared_writer
 
 from . import endings, lifecycle
@@ -22,9 +21,19 @@ class StreamingCelery(Celery):
         super().__init__("worker", include=include, **kwargs)
         self.config = config
         self.conf.update(celery_settings(config))
-        #: For small reads (a run's cancel flag); connects on first use, and again after fork.
-        self.redis: redis.Redis = sync_client(config.streaming)
+        self._redis: SyncClient | None = None
         self._writer: StreamWriter | None = None
+
+    @property
+    def redis(self) -> SyncClient:
+        """For small reads (a run's cancel flag); connects on first use, and again after fork.
+
+        Made on first use: a cluster client discovers its nodes as soon as it is created, and
+        building the app (``celery -A worker``) must not need the store to be up.
+        """
+        if self._redis is None:
+            self._redis = sync_client(self.config.streaming)
+        return self._redis
 
     def stream_writer(self, start_timeout: float = 2.0) -> StreamWriter:
         """This process's stream writer, started on first use (after fork, in each child);

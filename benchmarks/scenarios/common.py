@@ -9,6 +9,9 @@ from typing import Any
 
 import redis
 
+from streaming.client import sync_client
+from streaming.settings import Settings
+from streaming.wire import RunKeys
 from streaming.writer import RunWriter, StreamWriter
 
 from .. import seed as seed_loader
@@ -85,6 +88,9 @@ def load_seed(path: str | None) -> Any:
 
 def cleanup(url: str, scenario: str) -> None:
     """Delete the keys this harness wrote for ``scenario`` (all runs, both sides)."""
+    if Settings(redis_url=url).cluster:
+        _cleanup_cluster(url, scenario)
+        return
     client = redis.Redis.from_url(url)
     try:
         batch = []
@@ -101,13 +107,29 @@ def cleanup(url: str, scenario: str) -> None:
         client.close()
 
 
+def _cleanup_cluster(url: str, scenario: str) -> None:
+    """``cleanup()`` on a cluster: hash-tagged keys, scanned on every primary, each deleted
+    on its own node."""
+    client = sync_client(Settings(redis_url=url))
+    try:
+        pipe = client.pipeline(transaction=False)
+        for key in client.scan_iter(f"sse:run:{{bench-{scenario}-*", count=1000):
+            pipe.delete(key)
+        pipe.execute()
+    except redis.ConnectionError:
+        pass
+    finally:
+        client.close()
+
+
 def stream_lengths(url: str, ids: list[str]) -> int:
-    """Entries stored in all the runs' streams."""
-    client = redis.Redis.from_url(url)
+    """Entries stored in all the runs' streams (on a single server or a cluster)."""
+    settings = Settings(redis_url=url)
+    client = sync_client(settings)
     try:
         pipe = client.pipeline(transaction=False)
         for run_id in ids:
-            pipe.xlen(f"sse:run:{run_id}")
+            pipe.xlen(RunKeys.for_run(run_id, hash_tag=settings.cluster_hash_tags).stream)
         return sum(int(n) for n in pipe.execute())
     finally:
         client.close()

@@ -38,31 +38,41 @@ def run(ctx: Context) -> Result:
                                   "figure": "project: median over the repeats of each "
                                             "percentile (a busy neighbour spoils one repeat, "
                                             "not the figure); seed: one run"})
-    projects = [_measure_project(ctx, runs, rate, seconds) for _ in range(repeats)]
+    projects = [_measure_project(ctx.redis_url, runs, rate, seconds) for _ in range(repeats)]
     seed = _measure_seed(ctx, runs, rate, seconds) if ctx.seed else None
+    cluster_url = ctx.cluster_url()  # the same producer and hub, the store a Redis Cluster
+    clusters = [_measure_project(cluster_url, runs, rate, seconds)
+                for _ in range(repeats)] if cluster_url else []
     floor = ctx.ceiling("round_trip", lambda: round_trip(ctx.redis_url, ctx.size(5000, 20000)))
     source = f"{floor['source']}: one XADD round trip, one client"
     for q, limit in ((50, 2.0), (99, 10.0)):
         each = [delay_ms(project, q) for project in projects]
         result.params[f"project p{q} of each repeat, ms"] = each
+        on_cluster = [delay_ms(cluster, q) for cluster in clusters]
+        if clusters:
+            result.params[f"cluster p{q} of each repeat, ms"] = on_cluster
         result.add(Figure(f"p{q} write to receipt", "ms", "lower", statistics.median(each),
                           delay_ms(seed, q) if seed else ctx.seed_missing,
                           ceiling=floor[f"p{q}_ms"], ceiling_source=source,
-                          target=Target(limit=limit)))
+                          target=Target(limit=limit),
+                          cluster=statistics.median(on_cluster) if clusters else None))
     result.add(Figure("chunks received", "%", "higher",
                       min(received_percent(project) for project in projects),
                       received_percent(seed) if seed else ctx.seed_missing,
-                      target=Target(limit=100)))
+                      target=Target(limit=100),
+                      cluster=min((received_percent(c) for c in clusters), default=None)))
     cleanup(ctx.redis_url, NAME)
+    if cluster_url:
+        cleanup(cluster_url, NAME)
     return result
 
 
-def _measure_project(ctx: Context, runs: int, rate: int, seconds: float) -> dict[str, Any]:
+def _measure_project(url: str, runs: int, rate: int, seconds: float) -> dict[str, Any]:
     ids = run_ids(NAME, runs, "p")
-    producer = Child(project_producer, ctx.redis_url, ids, rate, seconds, {},
+    producer = Child(project_producer, url, ids, rate, seconds, {},
                      name="latency-project-producer")
     produced, read = run_pair(producer, lambda: Child(
-        hub_readers, ctx.redis_url, ids, {}, 1, GRACE, name="latency-project-readers"),
+        hub_readers, url, ids, {}, 1, GRACE, name="latency-project-readers"),
         ids, seconds, GRACE)
     return {"sent": sum(produced["sent"]), **read}
 

@@ -80,8 +80,9 @@ def _volume(ctx: Context, result: Result) -> None:
     if project["buffered_peak"] > 0:
         ratio = (project["rss_peak"] - project["rss_start"]) / project["buffered_peak"]
         result.notes.append(f"project: RSS grew {ratio:.1f} MiB per MiB counted against "
-                            "max_buffer_bytes (frame characters; the buffered chunk objects "
-                            "and the pipelines being sent take the rest)")
+                            "max_buffer_bytes (each chunk counts its frame plus its "
+                            "bookkeeping; a pipeline being sent, up to max_pipeline_bytes, "
+                            "comes on top)")
 
 
 def project_volume(channel: Channel, url: str, ids: list[str], chunks: int) -> None:

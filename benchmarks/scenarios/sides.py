@@ -170,7 +170,8 @@ def hub_client(settings: Settings) -> aredis.Redis:
 async def _hub_read(channel: Channel, settings: Settings, ids: list[str], connections: int,
                     grace: float) -> dict[str, Any]:
     tally = _Tally(ids)
-    client = hub_client(settings)
+    # A cluster hub makes its own cluster client (and bounds its commands itself).
+    client = None if settings.cluster else hub_client(settings)
     async with ReaderHub(settings, client=client, connections=connections) as hub:
 
         async def follow(run_id: str) -> None:
@@ -184,7 +185,8 @@ async def _hub_read(channel: Channel, settings: Settings, ids: list[str], connec
         await tally.settle(expected, grace)
         stats = hub.stats()
         await _cancel(tasks)
-    await client.aclose()
+    if client is not None:
+        await client.aclose()
     return tally.result(hub=stats)
 
 

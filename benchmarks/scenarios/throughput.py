@@ -29,35 +29,40 @@ def run(ctx: Context) -> Result:
     result = Result(NAME, params={
         "runs": runs, "chunks_per_run": chunks, "repeats": repeats, "chunk_bytes": 100,
         "figure": "median of the repeats"})
-    project = _median_rate(ctx, repeats, lambda ids: Child(
+    project = _median_rate(ctx.redis_url, repeats, lambda ids: Child(
         project_side, ctx.redis_url, ids, chunks, name="throughput-project"), runs, chunks, "p")
     seed: float | str = ctx.seed_missing
     if ctx.seed is not None:
-        seed = _median_rate(ctx, repeats, lambda ids: Child(
+        seed = _median_rate(ctx.redis_url, repeats, lambda ids: Child(
             seed_side, ctx.redis_url, ctx.seed_path, ids, chunks, name="throughput-seed"),
             runs, chunks, "s")
+    cluster_url = ctx.cluster_url()
+    cluster = None
+    if cluster_url is not None:  # the same writer, the store a Redis Cluster
+        cluster = _median_rate(cluster_url, repeats, lambda ids: Child(
+            project_side, cluster_url, ids, chunks, name="throughput-cluster"), runs, chunks, "c")
     ceiling = ctx.ceiling("xadd", lambda: xadd_ceiling(ctx.redis_url,
                                                        ctx.size(200_000, 1_000_000)))
     result.add(Figure("written until readable", "chunks/s", "higher", project, seed,
                       ceiling=ceiling["per_second"],
                       ceiling_source=ceiling["source"],
-                      target=Target(limit=100_000, gain=3)))
+                      target=Target(limit=100_000, gain=3), cluster=cluster))
     cleanup(ctx.redis_url, NAME)
     return result
 
 
-def _median_rate(ctx: Context, repeats: int, make: Any, runs: int, chunks: int,
+def _median_rate(url: str, repeats: int, make: Any, runs: int, chunks: int,
                  side: str) -> float:
     rates = []
     for _ in range(repeats):
         ids = run_ids(NAME, runs, side)
         with make(ids) as child:
             seconds = child.channel.expect("result", 300)["seconds"]
-        stored = stream_lengths(ctx.redis_url, ids)
+        stored = stream_lengths(url, ids)
         if stored < runs * chunks:
             raise RuntimeError(f"{side}: only {stored} of {runs * chunks} chunks stored")
         rates.append(runs * chunks / seconds)
-        cleanup(ctx.redis_url, NAME)
+        cleanup(url, NAME)
     return float(statistics.median(rates))
 
 

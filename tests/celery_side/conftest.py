@@ -46,9 +46,13 @@ def stream_app(worker_config: WorkerConfig) -> StreamingCelery:
     return create_app(worker_config)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stream_worker(stream_app: StreamingCelery) -> Iterator[Any]:
-    """A real Celery worker in this process (threads pool), consuming the test queue."""
+    """A real Celery worker in this process (threads pool), consuming the test queue.
+
+    Module-scoped so that two in-process workers are never alive at once: Celery's testing
+    worker stops on a process-wide flag, and two shutting down together hung past the timeout.
+    """
     with start_worker(stream_app, pool="threads", concurrency=4, perform_ping_check=True,
                       shutdown_timeout=30) as worker:
         yield worker

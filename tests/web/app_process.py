@@ -23,10 +23,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def create_app() -> Any:
     """``examples.app.create_app`` from the environment, plus ``GET /_stats`` (the hub's
     counters), which the reference app does not expose."""
-    from examples.app import create_app as create_reference_app
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
+
+    from examples.app import create_app as create_reference_app
 
     app = create_reference_app()
 

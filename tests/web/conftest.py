@@ -39,12 +39,13 @@ class TrackedRuns(Runs):
         return run_id
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def celery_runs(web_worker_app: StreamingCelery) -> Iterator[Runs]:
     """The tasks API, with a real worker consuming its queue for the whole session.
 
-    At the end every run a test left going is cancelled, so the worker's threads are free
-    when it shuts down.
+    Module-scoped (never two in-process workers at once: Celery's testing worker stops on a
+    process-wide flag). At the end every run a test left going is cancelled, so the worker's
+    threads are free when it shuts down.
     """
     with start_worker(web_worker_app, pool="threads", concurrency=4, perform_ping_check=True,
                       ping_task_timeout=30, shutdown_timeout=30):

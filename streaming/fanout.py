@@ -1,0 +1,171 @@
+"""Fan-out: the new entries of a run handed to every reader following it, once each, in order.
+
+A ``Follower`` keeps the readers of many runs (``Sub``: one reader's mailbox), the position up
+to which it has read each run, and hands every batch it reads to the run's readers; a reader
+that falls ``reader_queue`` entries behind is detached and catches up on its own. Once per
+``liveness_interval`` it asks for the status of the runs whose readers heard nothing, so they
+can tell a quiet producer from a dead one. How a follower learns of new entries is its
+subclass's job: one blocking ``XREAD`` over every followed stream on a single server
+(``streaming.hub``), shard-channel notifications in a cluster (``streaming.cluster``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .client import TRANSIENT
+from .cursor import NOT_A_RUN, Entry, RunCursor, RunStatus, id_key
+
+if TYPE_CHECKING:
+    from .hub import ReaderHub
+
+__all__ = ["Follower", "Sub"]
+
+logger = logging.getLogger(__name__)
+_STATUS_KEYS = 300  # runs per status request
+
+
+@dataclass(eq=False)
+class Sub:
+    """One reader following one run: the entries handed to it and not taken yet."""
+
+    cursor: RunCursor
+    sent_id: str  # newest entry handed to this reader
+    entries: list[Entry] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    lagged: bool = False
+    status: RunStatus | None = None
+    heard: float = field(default_factory=time.monotonic)
+
+
+class Follower:
+    """The readers of many runs, the position read up to in each run, and the hand-over.
+
+    Subclasses implement ``run()`` (the task that reads) and may react to ``_behind()`` (a
+    followed stream must be read again from ``pos``), ``_unfollowed()`` and ``_checked()``.
+    """
+
+    def __init__(self, hub: ReaderHub) -> None:
+        self.hub = hub
+        self.subs: dict[str, set[Sub]] = {}
+        #: Per followed stream key, the entry id the next read starts after.
+        self.pos: dict[str, str] = {}
+        self.changed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.closed = False
+        self.reads = 0
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    def add(self, sub: Sub) -> None:
+        key = sub.cursor.keys.stream
+        new = key not in self.subs
+        self.subs.setdefault(key, set()).add(sub)
+        if new or id_key(sub.sent_id) < id_key(self.pos[key]):
+            self.pos[key] = sub.sent_id
+            self._behind(key)
+        self.changed.set()
+
+    def remove(self, sub: Sub) -> None:
+        key = sub.cursor.keys.stream
+        subs = self.subs.get(key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self.subs[key]
+                self.pos.pop(key, None)
+                self._unfollowed(key)
+
+    def _behind(self, key: str) -> None:
+        """``pos[key]`` moved back (or the key is new): entries after it must be read."""
+
+    def _unfollowed(self, key: str) -> None:
+        """The last reader of ``key`` left."""
+
+    def _checked(self, key: str, status: RunStatus) -> None:
+        """The liveness check found ``status`` for the quiet run of ``key``."""
+
+    def dispatch(self, key: str, after: str, entries: list[Entry]) -> None:
+        """Hand ``entries`` (read from just ``after``) to the readers of ``key``."""
+        subs = self.subs.get(key)
+        if not subs or not entries:
+            return
+        limit = self.hub.settings.reader_queue
+        now = time.monotonic()
+        behind: str | None = None
+        for sub in list(subs):
+            if id_key(sub.sent_id) < id_key(after):
+                # It joined, further back, while this read was in flight: the batch does not
+                # start where it is. It gets the next read, from its own position.
+                if behind is None or id_key(sub.sent_id) < id_key(behind):
+                    behind = sub.sent_id
+                continue
+            new = entries
+            if id_key(entries[0][0]) <= id_key(sub.sent_id):
+                new = [e for e in entries if id_key(e[0]) > id_key(sub.sent_id)]
+            if not new:
+                continue
+            if len(sub.entries) + len(new) > limit:
+                sub.lagged = True
+                self.remove(sub)
+            else:
+                sub.entries.extend(new)
+                sub.sent_id = new[-1][0]
+                sub.heard = now
+            sub.wake.set()
+        if key in self.pos:
+            self.pos[key] = entries[-1][0] if behind is None else behind
+            if behind is not None:
+                self._behind(key)
+
+    def end_key(self, key: str) -> None:
+        """The key is not a run (another type): end its readers as if it were missing."""
+        for sub in self.subs.pop(key, ()):
+            sub.status = NOT_A_RUN
+            sub.wake.set()
+        self.pos.pop(key, None)
+        self._unfollowed(key)
+
+    async def _check_quiet_runs(self) -> None:
+        cutoff = time.monotonic() - self.hub.settings.liveness_interval
+        quiet: dict[str, list[Sub]] = {}
+        for subs in self.subs.values():
+            for sub in subs:
+                if sub.heard <= cutoff:
+                    quiet.setdefault(sub.cursor.keys.run_id, []).append(sub)
+        runs = list(quiet)
+        for start in range(0, len(runs), _STATUS_KEYS):
+            chunk = runs[start:start + _STATUS_KEYS]
+            try:
+                statuses = await self.hub.statuses([quiet[r][0].cursor.keys for r in chunk])
+            except TRANSIENT as exc:
+                logger.warning("reader hub: liveness check failed: %s", exc)
+                return
+            for run, status in zip(chunk, statuses, strict=True):
+                for sub in quiet[run]:
+                    sub.status = status
+                    sub.wake.set()
+                self._checked(quiet[run][0].cursor.keys.stream, status)
+
+    async def close(self, timeout: float) -> None:
+        """Stop reading (readers still waiting end with the hub's error)."""
+        self.closed = True
+        if self.task is not None:
+            # redis-py may turn the cancellation of a blocking read into a connection
+            # error, which the loop retries: the closed flag ends it either way.
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self.task, timeout)
+        await self._close_connections()
+        for subs in self.subs.values():
+            for sub in subs:
+                sub.wake.set()
+
+    async def _close_connections(self) -> None:
+        """Close the connections this follower owns."""
