@@ -8,6 +8,11 @@ import time
 from contextlib import suppress
 
 
+def port_of(url: str) -> int:
+    """The port of a ``redis://host:port/db`` URL (what a proxy forwards to)."""
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
 class Proxy:
     """Forwards 127.0.0.1:<port> to ``target``; modes are switched while it runs.
 

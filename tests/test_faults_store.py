@@ -16,7 +16,7 @@ from streaming import (
     read_events,
 )
 from streaming.client import sync_client
-from tests.proxy import Proxy
+from tests.proxy import Proxy, port_of
 
 pytestmark = pytest.mark.fault
 
@@ -75,7 +75,7 @@ def test_full_memory_fails_writes_within_the_bound(private_server, settings, run
 async def test_a_stalled_connection_is_detected_and_the_hub_resumes(settings, redis_url, writer,
                                                                      run_id):
     """Case 14: the API is cut off during blocking reads; it notices, reconnects, resumes."""
-    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    port = port_of(redis_url)
     proxy = Proxy(port)
     reading = settings.replace(redis_url=proxy.url, block_timeout=1.0, socket_timeout=1.0,
                                liveness_interval=30, producer_timeout=60)

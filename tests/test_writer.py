@@ -21,7 +21,7 @@ from streaming import (
     shared_writer,
 )
 from streaming.client import sync_client
-from tests.proxy import Proxy
+from tests.proxy import Proxy, port_of
 
 
 def stored(redis_client, run_id):
@@ -165,7 +165,7 @@ def test_bad_chunks_are_refused_before_buffering(settings, redis_url, run_id):
 
 @pytest.mark.fault
 def test_replies_lost_after_the_write_add_nothing_twice(settings, redis_client, redis_url, run_id):
-    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    port = port_of(redis_url)
     proxy = Proxy(port)
     writer = StreamWriter(settings.replace(redis_url=proxy.url)).start()
     try:
@@ -187,7 +187,7 @@ def test_replies_lost_after_the_write_add_nothing_twice(settings, redis_client, 
 
 
 def test_outage_is_bounded_and_nothing_accepted_is_lost(settings, redis_client, redis_url, run_id):
-    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    port = port_of(redis_url)
     proxy = Proxy(port)
     outage = settings.replace(redis_url=proxy.url, max_buffer_bytes=2000, buffer_timeout=0.3,
                               unavailable_timeout=1.0, lease_ttl=30)

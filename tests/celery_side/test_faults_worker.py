@@ -22,15 +22,11 @@ from worker_procs import WorkerProcess
 from streaming.client import sync_client
 from streaming.reader import read_events
 from streaming.wire import Terminal
-from tests.proxy import Proxy
+from tests.proxy import Proxy, port_of
 from tests.waiting import within
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 TEXT = "Every chunk arrives once, in order, whatever happens to the worker. " * 2
-
-
-def port_of(url: str) -> int:
-    return int(url.rsplit(":", 1)[1].split("/")[0])
 
 
 def send_raw(worker: WorkerProcess, generator: str, params: object, run_id: str | None = None):
@@ -50,8 +46,9 @@ def task_failure(worker: WorkerProcess, run_id: str, timeout: float) -> BaseExce
 
 
 def assert_contiguous(events) -> None:
-    assert [e.seq for e in events if e.seq is not None] == list(range(1, len(
-        [e for e in events if e.seq is not None]) + 1))
+    """Stored events are numbered 1, 2, ... with nothing missing or repeated."""
+    seqs = [e.seq for e in events if e.seq is not None]
+    assert seqs == list(range(1, len(seqs) + 1))
 
 
 @pytest.fixture

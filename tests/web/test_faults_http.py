@@ -33,7 +33,8 @@ from streaming.web import StreamEndpoints
 from streaming.wire import MAX_SEQ, RunKeys
 from streaming.writer import RunWriter, StreamWriter
 from tests.monitor import FOREIGN, STATUS_ONLY, Monitor, foreign_id, keys_of, names_of
-from tests.proxy import Proxy
+from tests.proxy import Proxy, port_of
+from tests.waiting import wait_for
 from tests.web.app_process import AppProcess
 from tests.web.http_server import ServerThread
 
@@ -82,10 +83,6 @@ def serve(settings: Settings) -> Iterator[App]:
 def app(settings: Settings) -> Iterator[App]:
     with serve(settings) as served:
         yield served
-
-
-def port_of(url: str) -> int:
-    return int(url.rsplit(":", 1)[1].split("/")[0])
 
 
 # -- reading raw event streams ----------------------------------------------------------------
@@ -387,13 +384,6 @@ def reset_all(sockets: list[socket.socket]) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     for sock in sockets:
         sock.close()
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} within {timeout} s"
-        time.sleep(0.1)
 
 
 def wait_idle(app: AppProcess, timeout: float = 30.0) -> None:
