@@ -6,6 +6,8 @@ from typing import Any
 
 from celery import Task, shared_task
 
+from streaming.errors import InvalidRunId
+
 from . import GENERATE
 from .errors import RunRefused
 from .execute import execute
@@ -13,8 +15,9 @@ from .execute import execute
 __all__ = ["generate"]
 
 
-# A refused run (unknown generator, bad params) is the caller's error: logged without traceback.
-@shared_task(bind=True, name=GENERATE, throws=(RunRefused,))
+# A refused run (unknown generator, bad params, a bad run id) is the caller's error: logged
+# without a traceback.
+@shared_task(bind=True, name=GENERATE, throws=(RunRefused, InvalidRunId))
 def generate(self: Task, run_id: str, generator: str, params: object = None) -> dict[str, Any]:
     """Stream the registered ``generator``'s output with ``params`` (a JSON object) into the
     run ``run_id``; returns a summary: chunks, bytes, seconds, ending, last_seq."""
