@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 from .client import TRANSIENT
 from .control import ending_refused
 from .cursor import NOT_A_RUN, Entry, RunCursor, RunStatus, id_key
+from .errors import StreamGoneError
 
 if TYPE_CHECKING:
     from .hub import ReaderHub
@@ -195,6 +196,8 @@ class Follower:
             try:
                 await self.hub.end_overdue(cursor.keys)
                 self._stored(key)
+            except StreamGoneError:  # a key of the run holds someone else's value
+                unwritable = True
             except ResponseError as exc:
                 unwritable = ending_refused(exc)
                 if not unwritable:
