@@ -23,10 +23,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 from redis.retry import Retry
 
-from . import cluster, control, scripts
+from . import cluster, control
 from .client import TRANSIENT, AsyncClient, async_client
 from .cursor import NOT_A_RUN, Entry, RunCursor, RunStatus, wrong_type, xread_reply
 from .errors import ReaderError, StreamGoneError
@@ -198,14 +198,8 @@ class ReaderHub:
     async def statuses(self, runs: list[RunKeys]) -> list[RunStatus]:
         """Status of many runs in one command (in a cluster: one per slot, in one pipeline)."""
         async with self._gate:
-            if self.settings.cluster:
-                return await cluster.statuses(self.client, runs)
-            keys = [k for run in runs for k in (run.meta, run.lease, run.stream)]
-            try:
-                reply = await self.client.evalsha(scripts.STATUS.sha, len(keys), *keys)
-            except NoScriptError:
-                reply = await self.client.eval(scripts.STATUS.source, len(keys), *keys)
-        return [RunStatus.from_reply(item) for item in reply]
+            return await control.arun_statuses(self.client, [r.run_id for r in runs],
+                                               self.settings)
 
     async def end_overdue(self, run: RunKeys) -> Terminal | None:
         """Store the ending of an overdue run (``control.aend_if_overdue``); its ending after
