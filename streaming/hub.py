@@ -137,7 +137,12 @@ class ReaderHub:
 
     ``connections`` blocking connections split the followed streams between them (on a single
     server; in a cluster the hub holds one pubsub connection per primary instead).
-    ``client`` (default: built from ``settings``) runs the non-blocking commands.
+    ``client`` (default: built from ``settings``) runs the non-blocking commands, and stores
+    the ending of a run that is overdue by its stored times. A client that may not write (an
+    ACL without write commands, a read-only replica) is refused that write: only then do its
+    readers make the ending up (no ``id:``; the same kind and message). Deadlines need the
+    server's clock: a client that may not run ``TIME`` leaves overdue runs to the workers'
+    sweeps.
     """
 
     def __init__(self, settings: Settings, *, client: AsyncClient | None = None,
