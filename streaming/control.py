@@ -49,7 +49,11 @@ __all__ = [
 
 When = Literal["due", "not_live", "always"]
 _WHEN = ("due", "not_live", "always")
+#: How servers word a refused write: redis-py maps the first two to NoPermissionError and
+#: ReadOnlyError, but an ACL refusal inside a script arrives as "ACL failure in script".
 _REFUSALS = ("NOPERM", "ACL failure", "READONLY", "No permissions")
+#: Runs per ``STATUS`` call (keys: three per run).
+_STATUS_BATCH = 300
 
 
 def ending_refused(exc: Exception) -> bool:
@@ -58,9 +62,6 @@ def ending_refused(exc: Exception) -> bool:
     if isinstance(exc, NoPermissionError | ReadOnlyError):
         return True
     return isinstance(exc, ResponseError) and any(word in str(exc) for word in _REFUSALS)
-
-#: Runs per ``STATUS`` call (keys: three per run).
-_STATUS_BATCH = 300
 
 
 def _keys(run_id: str, settings: Settings) -> RunKeys:
