@@ -78,9 +78,17 @@ def execute(task: Task, run_id: str, generator: str, params: object) -> dict[str
         return {"run_id": run_id, "ending": "busy"}
     except RunClosedError:
         logger.info("run %s has already ended; this delivery writes nothing", run_id)
-        follow_ending(task.app, task.app.redis, config.streaming, run_id, task.request.id)
+        _follow_ending(task, config, run_id)
         raise Ignore() from None
     return Attempt(task, config, run).run(generator, params)
+
+
+def _follow_ending(task: Task, config: WorkerConfig, run_id: str) -> None:
+    """Give the task the Celery state of the run's stored ending (unless it has a final one)."""
+    try:
+        follow_ending(task.app, task.app.redis, config.streaming, run_id, task.request.id)
+    except (OperationalError, redis.RedisError, OSError) as exc:  # the sweep tries again
+        logger.warning("could not set the Celery state of ended run %s: %s", run_id, exc)
 
 
 def _lookup(generator: str) -> GeneratorSpec | None:
