@@ -141,7 +141,10 @@ class ReaderHub:
                  connections: int = 1) -> None:
         self.settings = settings
         self._own_client = client is None
-        self.client = client or async_client(settings, reader=True, max_connections=_POOL)
+        # In a cluster no command of this client blocks (the hub follows runs by pubsub), so it
+        # keeps the plain socket timeout: a hung node is given up on sooner.
+        self.client = client or async_client(settings, reader=not settings.cluster,
+                                             max_connections=_POOL)
         self._connections = connections
         self._shards: list[Follower] = []
         self.readers = 0
