@@ -24,8 +24,12 @@ are redacted from uvicorn's access log (``streaming.web.install_log_redaction``)
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
+import math
 import secrets
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,6 +49,7 @@ from streaming.web import (
     StreamEndpoints,
     error_response,
     install_log_redaction,
+    request_token,
 )
 from tasks.schemas import ParamsSchemas
 
@@ -72,12 +77,15 @@ class Launcher(Protocol):
 
 def create_app(settings: Settings | None = None, *, launcher: Launcher | None = None,
                retry_ms: int = 1000, auth: AuthHook | None = None,
-               schemas: ParamsSchemas | None = None) -> Starlette:
+               schemas: ParamsSchemas | None = None, runs_per_minute: int = 20) -> Starlette:
     """The app; ``launcher`` defaults to the Celery tasks API built from the environment,
-    ``auth`` to tokens (see the module), ``schemas`` to the built-in generators' params."""
+    ``auth`` to tokens (see the module), ``schemas`` to the built-in generators' params.
+    ``runs_per_minute`` bounds the runs one client (its page session, else its address) may
+    start, per web process (429 past it)."""
     settings = _with_secret(settings or Settings.from_env())
     streams = StreamEndpoints(settings, retry_ms=retry_ms, auth=auth)
-    runs = _Runs(streams, launcher or _celery_launcher(), schemas or ParamsSchemas.load())
+    runs = _Runs(streams, launcher or _celery_launcher(), schemas or ParamsSchemas.load(),
+                 RateLimit(runs_per_minute, 60.0))
     install_log_redaction()
     app = Starlette(
         routes=[
@@ -93,14 +101,38 @@ def create_app(settings: Settings | None = None, *, launcher: Launcher | None = 
     return app
 
 
+class RateLimit:
+    """At most ``count`` events per ``per`` seconds for each key (a sliding window), for at
+    most ``keys`` keys at once (the oldest are forgotten first): bounded memory."""
+
+    def __init__(self, count: int, per: float, keys: int = 10_000) -> None:
+        self.count, self.per, self.keys = count, per, keys
+        self._seen: dict[str, collections.deque[float]] = {}
+
+    def wait(self, key: str) -> float:
+        """0 if one more event of ``key`` is allowed now (and count it), else seconds to wait."""
+        now = time.monotonic()
+        seen = self._seen.pop(key, None) or collections.deque()
+        while seen and seen[0] <= now - self.per:
+            seen.popleft()
+        self._seen[key] = seen  # most recent last: the first keys are the oldest
+        if len(self._seen) > self.keys:
+            del self._seen[next(iter(self._seen))]
+        if len(seen) >= self.count:
+            return seen[0] + self.per - now
+        seen.append(now)
+        return 0.0
+
+
 class _Runs:
     """The app's own run routes: the page, create and cancel."""
 
     def __init__(self, streams: StreamEndpoints, launcher: Launcher,
-                 schemas: ParamsSchemas) -> None:
+                 schemas: ParamsSchemas, limit: RateLimit) -> None:
         self.streams = streams
         self.launcher = launcher
         self.schemas = schemas
+        self.limit = limit
 
     async def index(self, request: Request) -> Response:
         page = FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
@@ -115,11 +147,22 @@ class _Runs:
             body = await self.streams.read_json(request)
             params = self.schemas.check("demo", {"text": DEMO_TEXT, **body})
             await self.streams.authorize(request, None, "create")
+            wait = self.limit.wait(self._client(request))
+            if wait:
+                return _too_many(wait)
             run_id = await self.streams.store(self.launcher.astart("demo", params),
                                               errors=_launch_errors())
         except _REFUSED as exc:
             return error_response(exc)
         return self._created(request, run_id)
+
+    def _client(self, request: Request) -> str:
+        """Who is starting runs: the page session of the create token, else the address."""
+        token = request_token(request, "create")
+        if token is not None and self.streams.signer is not None:
+            with contextlib.suppress(AccessDenied):
+                return self.streams.signer.verify(token).subject
+        return request.client.host if request.client else "unknown"
 
     def _created(self, request: Request, run_id: str) -> Response:
         read = self.streams.issue_token(run_id)
@@ -153,6 +196,13 @@ class _Runs:
             return JSONResponse({"run_id": run_id, "cancel_requested": True}, status_code=202)
         body = {"error": {"type": "not_running", "message": "the run has already ended"}}
         return JSONResponse(body, status_code=409)
+
+
+def _too_many(wait: float) -> Response:
+    body = {"error": {"type": "too_many_requests",
+                      "message": "too many runs started from this session; try again later"}}
+    return JSONResponse(body, status_code=429,
+                        headers={"Retry-After": str(math.ceil(wait)), "Cache-Control": "no-store"})
 
 
 def _launch_errors() -> tuple[type[BaseException], ...]:

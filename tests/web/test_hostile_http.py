@@ -266,6 +266,21 @@ def test_run_creation_needs_the_create_scope(watched):
     assert f"Path=/runs/{body['run_id']}" in run_cookie and "HttpOnly" in run_cookie
 
 
+def test_run_creation_is_rate_limited_per_session(settings):
+    app = create_app(settings.replace(token_secret=SECRET), launcher=Recorder(),
+                     runs_per_minute=3)
+    with ServerThread(app) as server:
+        served = App(server.url, app.state.streams, Recorder())
+        with session(served) as first, session(served) as second:
+            answers = [first.post("/runs", json={}).status_code for _ in range(4)]
+            refused = first.post("/runs", json={})
+            other = second.post("/runs", json={})  # another page session: its own budget
+    assert answers == [201, 201, 201, 429]
+    assert refused.status_code == 429 and 55 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.json()["error"]["type"] == "too_many_requests"
+    assert other.status_code == 201
+
+
 def test_a_token_is_refreshed_with_its_scopes_and_revoked_per_run(watched, run_id):
     app, _, admin = watched
     mark_pending(admin, run_id, app.streams.settings)
