@@ -25,7 +25,8 @@ from streaming.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 ACL_FILE = ROOT / "deploy" / "redis.acl"
-CORE = ["tests/test_writer.py", "tests/test_reader.py", "tests/test_property.py"]
+CORE = ["tests/test_writer.py", "tests/test_reader.py", "tests/test_property.py",
+        "tests/test_lifecycle.py"]
 
 
 def acl_users() -> dict[str, list[str]]:
