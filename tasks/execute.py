@@ -90,7 +90,7 @@ def _follow_ending(task: Task, config: WorkerConfig, run_id: str) -> None:
     """Give the task the Celery state of the run's stored ending (unless it has a final one)."""
     try:
         follow_ending(task.app, task.app.redis, config.streaming, run_id, task.request.id)
-    except (OperationalError, redis.RedisError, OSError) as exc:  # the sweep tries again
+    except (OperationalError, redis.RedisError, OSError) as exc:  # best effort: the task ends
         logger.warning("could not set the Celery state of ended run %s: %s", run_id, exc)
 
 
