@@ -8,6 +8,9 @@ How an attempt ends:
   it); an error its generator lists as transient: the task is retried and the run continues;
 - another live attempt holds the run (a duplicate delivery): nothing is written and the task
   returns quietly; this attempt was fenced off by a newer one: the same;
+- the run was ended by another while this attempt ran (a sweep or a reader stored ``lost``
+  after the worker was cut off from the store past the requeue grace): the attempt stops, its
+  Celery state follows the stored ending and the task ends with ``Ignore``;
 - the run has ended (an earlier attempt finished it, or its queue deadline passed before this
   delivery: a message stranded by a broker or store restart): nothing is written, the task's
   Celery state is made to follow the stored ending (``worker.states``), and the task ends
@@ -87,7 +90,7 @@ def _follow_ending(task: Task, config: WorkerConfig, run_id: str) -> None:
     """Give the task the Celery state of the run's stored ending (unless it has a final one)."""
     try:
         follow_ending(task.app, task.app.redis, config.streaming, run_id, task.request.id)
-    except (OperationalError, redis.RedisError, OSError) as exc:  # the sweep tries again
+    except (OperationalError, redis.RedisError, OSError) as exc:  # best effort: the task ends
         logger.warning("could not set the Celery state of ended run %s: %s", run_id, exc)
 
 
@@ -119,6 +122,11 @@ class Attempt:
                            self.run_writer.run_id)
             self.summary.ending = "fenced"
             return self.summary.as_dict()
+        except RunClosedError:  # a sweep, a reader or the main process stored the ending
+            logger.warning("run %s was ended by another while this attempt ran; its stored "
+                           "ending stands and this attempt stops", self.run_writer.run_id)
+            _follow_ending(self.task, self.config, self.run_writer.run_id)
+            raise Ignore() from None
         except StoreUnavailableError as exc:
             logger.error("run %s stopped: the store stayed unreachable (%s); its ending is "
                          "stored when the store is back", self.run_writer.run_id, exc)
@@ -136,7 +144,7 @@ class Attempt:
             raise
         try:
             self._stream(spec, parsed)
-        except FencedError:
+        except (FencedError, RunClosedError):
             raise
         except SoftTimeLimitExceeded:
             self._end(Terminal.TIMEOUT, f"the run exceeded its time limit ({self._limit()} s)")

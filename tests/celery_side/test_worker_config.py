@@ -148,9 +148,9 @@ def test_registry_is_an_allow_list_with_typed_params():
 
 
 def test_redact_hides_secret_looking_keys_at_any_depth():
-    shown = redact({"prompt": "hi", "api_key": "sk", "auth": {"Authorization": "Bearer t"},
+    shown = redact({"prompt": "hi", "api_key": "sk", "extra": {"Authorization": "Bearer t"},
                     "items": [{"password": "p", "n": 1}]})
-    assert shown == {"prompt": "hi", "api_key": "***", "auth": "***",
+    assert shown == {"prompt": "hi", "api_key": "***", "extra": {"Authorization": "***"},
                      "items": [{"password": "***", "n": 1}]}
     nested = redact({"headers": {"Authorization": "Bearer t", "Cookie": "c", "Accept": "x"}})
     assert nested == {"headers": {"Authorization": "***", "Cookie": "***", "Accept": "x"}}

@@ -10,11 +10,12 @@ import uuid
 import pytest
 from worker_helpers import observed, read_run, stream_settings, texts
 
-from streaming.control import mark_pending, request_cancel
+from streaming.control import end_run, mark_pending, request_cancel
 from streaming.reader import read_events
 from streaming.wire import RunKeys, Terminal
 from streaming.writer import StreamWriter
 from tasks.api import Runs
+from tests.waiting import wait_for
 from worker.config import WorkerConfig
 
 pytestmark = pytest.mark.usefixtures("stream_worker")
@@ -297,3 +298,23 @@ def test_a_stale_attempt_is_fenced_off_and_ends_quietly(runs, stream_app, reader
         ("message", "from the stale attempt"),
         ("restarted", '{"attempt": 2, "resume": false, "chunks": 0, "last_seq": 1}'),
         ("message", "from the newer attempt"), ("message", "[DONE]")]
+
+
+@pytest.mark.fault
+def test_a_run_ended_by_another_while_its_task_runs_stops_the_task_quietly(
+        runs, stream_app, reader_client, redis_client, worker_config):
+    """A sweep or a reader stored the ending (the worker was cut off past the requeue grace):
+    the task writes nothing more, and its Celery state is the stored ending, not the
+    writer's refusal."""
+    run_id = runs.start("demo", {"text": "q" * 400, "chunk_size": 1, "rate": 20})
+    wait_for(lambda: runs.task_state(run_id)[0] == "STREAMING", 15, "the run streams")
+    ended = end_run(redis_client, run_id, worker_config.streaming, Terminal.LOST,
+                    "ended from outside", when="always")
+    assert ended is Terminal.LOST
+    wait_for(lambda: runs.task_state(run_id)[0] == "FAILURE", 15, "the task's state follows")
+    error = runs.task_state(run_id)[1]
+    assert type(error).__name__ == "RunEnded" and "lost: ended from outside" in str(error)
+    events = read_run(reader_client, run_id, worker_config.streaming)
+    assert events[-1].terminal is Terminal.LOST and "ended from outside" in events[-1].data
+    time.sleep(0.5)
+    assert read_run(reader_client, run_id, worker_config.streaming) == events
