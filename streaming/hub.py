@@ -221,6 +221,8 @@ class HubReader:
     def __init__(self, hub: ReaderHub, cursor: RunCursor) -> None:
         self.hub = hub
         self.cursor = cursor
+        #: The run's status when the reader opened (its ``last_seq`` ends the stored history).
+        self.status: RunStatus | None = None
         self._start: list[Event] | None = None
 
     @property
@@ -244,7 +246,7 @@ class HubReader:
         left to send: an HTTP server answers 204), or if the run does not exist.
         """
         if self._start is None:
-            status = (await self.hub.statuses([self.cursor.keys]))[0]
+            self.status = status = (await self.hub.statuses([self.cursor.keys]))[0]
             self._start = self.cursor.check_start(status)
         return self
 

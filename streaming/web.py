@@ -11,9 +11,16 @@ Routes, relative to where they are mounted:
   Every stored event carries ``id: <seq>``; ``: ping`` comments fill every
   ``settings.ping_interval`` s of silence; the response ends after the run's terminal event.
   A cursor that already has the terminal event gets 204 (``EventSource`` stops on it).
-- ``POST /runs/{run_id}/stream``: the same, with the seed's JSON body ``{"starting_after": N,
-  "include_pings": bool}`` (its ``poll_interval`` and ``batch_size`` are accepted, unused).
+- ``POST /runs/{run_id}/stream``: the seed's and Letta's resume route, JSON body
+  ``{"starting_after": N, "include_pings": bool}`` (``poll_interval`` and ``batch_size`` are
+  accepted, unused), answered in Letta's protocol (below).
+- ``GET /runs/{run_id}/ui-stream``: the same events in the Vercel AI SDK's UI message stream
+  protocol (``streaming.aisdk``), for ``useChat``'s reconnect; same cursors, 204 and 404 for a
+  run that does not exist.
 - ``GET /runs/{run_id}/status``: ``{"run_id", "state", "last_seq", "attempt", "terminal"}``.
+
+The POST route answers in Letta's protocol (``streaming.letta``), so Letta's SDKs read it; a
+run that does not exist gets 404 there, as from Letta's server.
 
 Every route checks access before it touches Redis, so a refusal (401/403) never tells whether
 a run exists: by default a read token (``streaming.tokens``) in ``?token=`` or ``Authorization:
@@ -52,6 +59,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "streaming.web needs the web extra: pip install 'celery-streaming[web]'"
     ) from exc
 
+from .aisdk import HEADERS as UI_STREAM_HEADERS
+from .aisdk import UIMessageEncoder
 from .control import arun_status
 from .errors import (
     AccessDenied,
@@ -63,10 +72,11 @@ from .errors import (
     Unauthenticated,
 )
 from .hub import HubReader, ReaderHub
+from .letta import LettaEncoder
 from .settings import Settings
 from .sse import sse_frames
 from .tokens import TokenSigner
-from .wire import parse_cursor, validate_run_id
+from .wire import Terminal, parse_cursor, validate_run_id
 
 __all__ = ["AuthHook", "StreamEndpoints", "TokenAuth", "read_json_object"]
 
@@ -79,6 +89,9 @@ AuthHook = Callable[[Request, str], bool | Awaitable[bool]]
 NO_STORE = {"Cache-Control": "no-store"}
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 _Cursor = tuple[str, object]  # (where the cursor came from, its raw value)
+#: Makes the response of an opened reader: (reader, ping interval, guard of its frames).
+_Guard = Callable[[HubReader, AsyncIterator[str]], AsyncIterator[bytes]]
+Framing = Callable[[HubReader, float | None, _Guard], Response]
 
 
 class TokenAuth:
@@ -132,6 +145,8 @@ class StreamEndpoints:
             Route("/runs/{run_id}/stream", self.stream, methods=["GET"], name="run_stream"),
             Route("/runs/{run_id}/stream", self.resume, methods=["POST"],
                   name="run_stream_resume"),
+            Route("/runs/{run_id}/ui-stream", self.ui_stream, methods=["GET"],
+                  name="run_ui_stream"),
             Route("/runs/{run_id}/status", self.status, methods=["GET"], name="run_status"),
         ]
 
@@ -195,12 +210,23 @@ class StreamEndpoints:
         except _TRANSIENT as exc:
             return unavailable(exc)
 
+    async def ui_stream(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        try:
+            await self.authorize(request, run_id)
+            return await self._serve(run_id, _query_cursor(request), pings=True,
+                                     framing=ui_message_response)
+        except (InvalidInput, AccessDenied) as exc:
+            return error_response(exc)
+        except _TRANSIENT as exc:
+            return unavailable(exc)
+
     async def resume(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]
         try:
             await self.authorize(request, run_id)
             cursor, pings = _body_cursor(request, await read_json_object(request))
-            return await self._serve(run_id, cursor, pings=pings)
+            return await self._serve(run_id, cursor, pings=pings, framing=letta_response)
         except (InvalidInput, AccessDenied) as exc:
             return error_response(exc)
         except _TRANSIENT as exc:
@@ -221,7 +247,8 @@ class StreamEndpoints:
         found = status.state != "missing" or status.stream
         return JSONResponse(body, status_code=200 if found else 404, headers=NO_STORE)
 
-    async def _serve(self, run_id: str, cursor: _Cursor, *, pings: bool) -> Response:
+    async def _serve(self, run_id: str, cursor: _Cursor, *, pings: bool,
+                     framing: Framing | None = None) -> Response:
         source, raw = cursor
         reader = (await self.start()).read(run_id, _parse_cursor(source, raw))
         try:
@@ -230,18 +257,54 @@ class StreamEndpoints:
             raise InvalidCursor(f"{source}: {exc}") from exc
         if reader.exhausted:
             return Response(status_code=204, headers=NO_STORE)
-        return EventSourceResponse(self._frames(reader, pings), ping=0, headers=NO_STORE)
-
-    async def _frames(self, reader: HubReader, pings: bool) -> AsyncIterator[bytes]:
         interval = self.settings.ping_interval if pings else None
+        if framing is not None:
+            return framing(reader, interval, self._guard)
+        frames = sse_frames(reader, interval, retry_ms=self.retry_ms)
+        return EventSourceResponse(self._guard(reader, frames), ping=0, headers=NO_STORE)
+
+    async def _guard(self, reader: HubReader, frames: AsyncIterator[str]) -> AsyncIterator[bytes]:
         try:
-            async for frame in sse_frames(reader, interval, retry_ms=self.retry_ms):
+            async for frame in frames:
                 yield frame.encode()
         except (*_TRANSIENT, ReaderError) as exc:
             # The store is unreachable or the hub closed (shutdown): ending the response
             # without a terminal event makes the client reconnect, here or to another
             # process, and resume from its last id: nothing is lost or repeated.
             logger.warning("stream of run %s cut: %s", reader.cursor.keys.run_id, exc)
+
+
+# -- other protocols ------------------------------------------------------------------------
+
+
+def letta_response(reader: HubReader, interval: float | None, guard: _Guard) -> Response:
+    """The run in Letta's protocol; 404 for a run that does not exist, as Letta answers."""
+    if reader.terminal is Terminal.NOT_FOUND:
+        return not_found(reader.cursor.keys.run_id)
+    encoder = LettaEncoder(reader.cursor.keys.run_id)
+    frames = sse_frames(reader, interval, encode=encoder, ping=encoder.ping)
+    return EventSourceResponse(guard(reader, frames), ping=0, headers=NO_STORE)
+
+
+def ui_message_response(reader: HubReader, interval: float | None, guard: _Guard) -> Response:
+    """The run in the AI SDK's UI message stream protocol; 404 for a run that does not exist."""
+    if reader.terminal is Terminal.NOT_FOUND:
+        return not_found(reader.cursor.keys.run_id)
+    stored = reader.status.last_seq if reader.status is not None else 0
+    encoder = UIMessageEncoder(reader.cursor.keys.run_id,
+                               history=stored if stored > reader.last_seq else 0)
+
+    async def frames() -> AsyncIterator[str]:
+        yield encoder.opening()
+        async for frame in sse_frames(reader, interval, encode=encoder, ping=encoder.ping):
+            yield frame
+
+    return EventSourceResponse(guard(reader, frames()), ping=0, headers=UI_STREAM_HEADERS)
+
+
+def not_found(run_id: str) -> JSONResponse:
+    body = {"error": {"type": "not_found", "message": f"run {run_id} does not exist"}}
+    return JSONResponse(body, 404, NO_STORE)
 
 
 # -- requests and errors --------------------------------------------------------------------

@@ -1,0 +1,151 @@
+"""The Vercel AI SDK's UI message stream protocol (v1): a run as one assistant message.
+
+``GET /runs/{run_id}/ui-stream`` answers in this protocol, so the AI SDK's chat transport
+(``useChat({resume: true})`` with ``DefaultChatTransport``'s ``prepareReconnectToStreamRequest``
+pointing at the route) reconnects to a live or finished run. The response is SSE with the
+header ``x-vercel-ai-ui-message-stream: v1``; every frame is ``data: <JSON part>``, the last one
+``data: [DONE]``:
+
+- ``start`` with ``messageId`` = the run id, first; the transport replays a stream from its
+  start when it reconnects (``resumeStreamIsReplay``), and the client resets the message on
+  that ``start``, so a reconnect rebuilds the same message, never a longer one;
+- text (a plain chunk, or the ``text`` field of a JSON object chunk) as ``text-start`` /
+  ``text-delta`` / ``text-end``; a JSON object chunk without text as a ``data-chunk`` part;
+  a named event (``gap``, ``restarted``, a generator's own ``Event``) as a ``data-<name>``
+  part whose ``id`` is the event's seq id;
+- the endings: ``done`` is ``finish`` (``finishReason: "stop"``); ``cancelled`` is ``abort``
+  with the reason; ``error``, ``timeout`` and ``lost`` are ``error`` with the message.
+
+Restarts follow the client rule: a ``restarted`` event with ``"resume": false`` abandons the
+output before it. In the run's stored history (everything up to its last seq id when the
+request came) the encoder holds the parts back and drops the abandoned ones, so a reconnect or
+a finished run shows only the last attempt's text; a restart that happens while the client is
+connected closes the text part and starts a new message (``start`` with a new ``messageId``),
+which a resuming client (``useChat`` reconnecting) takes as a reset.
+
+Pings are SSE comments, which the AI SDK's parser skips. Stop in the AI SDK is a disconnect:
+the run goes on until the app's cancel endpoint is called (see the README).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .letta import chunk_text
+from .wire import Event, Terminal, encode_frame
+
+__all__ = ["HEADERS", "UIMessageEncoder"]
+
+#: Response headers of the protocol.
+HEADERS = {"x-vercel-ai-ui-message-stream": "v1", "Cache-Control": "no-store"}
+#: Parts of the stored history held back at most (past it they are sent as they come).
+HISTORY_LIMIT = 100_000
+
+
+def _json(data: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def _restart_abandons(event: Event) -> bool:
+    """Whether a ``restarted`` event starts the run over (``resume`` false or absent)."""
+    value = _json(event.data)
+    return not (isinstance(value, dict) and value.get("resume") is True)
+
+
+class UIMessageEncoder:
+    """Turns one run's events into UI message stream frames (one encoder per response).
+
+    ``history`` is the run's last seq id when the response started: events up to it are held
+    back until it is reached, so a restart stored in that range drops the parts before it.
+    """
+
+    def __init__(self, run_id: str, history: int = 0) -> None:
+        self.run_id = run_id
+        self.history = history
+        self._held: list[dict[str, Any]] | None = [] if history > 0 else None
+        self._text_id: str | None = None
+
+    def ping(self) -> str:
+        return ": ping\n\n"
+
+    def opening(self) -> str:
+        """The first frame of the response."""
+        return self._frames(self._start(self.run_id))
+
+    def __call__(self, event: Event) -> str:
+        parts = self._parts(event)
+        if self._held is None:
+            return self._frames(parts)
+        self._held.extend(parts)
+        reached = event.seq is not None and event.seq >= self.history
+        if reached or event.terminal is not None or len(self._held) > HISTORY_LIMIT:
+            held, self._held = self._held, None
+            return self._frames(held)
+        return ""
+
+    def _parts(self, event: Event) -> list[dict[str, Any]]:
+        if event.terminal is not None:
+            return [*self._close_text(), self._ending(event, event.terminal)]
+        if event.event == "restarted" and _restart_abandons(event):
+            return self._restart(event)
+        if event.event != "message":
+            return [self._data_part(event.event, event)]
+        value = _json(event.data)
+        if isinstance(value, dict) and not isinstance(value.get("text"), str):
+            return [self._data_part("chunk", event)]
+        return self._text(chunk_text(event.data), event.seq)
+
+    def _text(self, text: str, seq: int | None) -> list[dict[str, Any]]:
+        parts: list[dict[str, Any]] = []
+        if self._text_id is None:
+            self._text_id = f"text-{seq}"
+            parts.append({"type": "text-start", "id": self._text_id})
+        parts.append({"type": "text-delta", "id": self._text_id, "delta": text})
+        return parts
+
+    def _close_text(self) -> list[dict[str, Any]]:
+        if self._text_id is None:
+            return []
+        text_id, self._text_id = self._text_id, None
+        return [{"type": "text-end", "id": text_id}]
+
+    def _data_part(self, name: str, event: Event) -> dict[str, Any]:
+        value = _json(event.data)
+        data = event.data if value is None else value
+        part: dict[str, Any] = {"type": f"data-{name}", "data": data}
+        if event.seq is not None:
+            part["id"] = str(event.seq)
+        return part
+
+    def _restart(self, event: Event) -> list[dict[str, Any]]:
+        notice = self._data_part("restarted", event)
+        if self._held is not None:  # in the stored history: the earlier parts never go out
+            self._held.clear()
+            self._text_id = None
+            return [notice]
+        return [*self._close_text(), *self._start(f"{self.run_id}.{event.seq}"), notice]
+
+    def _start(self, message_id: str) -> list[dict[str, Any]]:
+        return [{"type": "start", "messageId": message_id}]
+
+    def _ending(self, event: Event, kind: Terminal) -> dict[str, Any]:
+        if kind is Terminal.DONE:
+            return {"type": "finish", "finishReason": "stop"}
+        value = _json(event.data)
+        body = value.get(kind.value if kind is Terminal.CANCELLED else "error") \
+            if isinstance(value, dict) else None
+        body = body if isinstance(body, dict) else {}
+        if kind is Terminal.CANCELLED:
+            return {"type": "abort", "reason": str(body.get("reason") or "cancelled")}
+        message = str(body.get("message") or event.data)
+        return {"type": "error", "errorText": f"{kind.value}: {message}"}
+
+    def _frames(self, parts: list[dict[str, Any]]) -> str:
+        text = "".join(encode_frame(json.dumps(part, ensure_ascii=False)) for part in parts)
+        if any(part["type"] in ("finish", "abort", "error") for part in parts):
+            text += "data: [DONE]\n\n"
+        return text
