@@ -54,6 +54,10 @@ def _json(data: str) -> Any:
         return None
 
 
+def _is_stop_reason(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("message_type") == "stop_reason"
+
+
 def _data(message: dict[str, Any]) -> str:
     return encode_frame(json.dumps(message, separators=(",", ":"), ensure_ascii=False))
 
@@ -63,11 +67,16 @@ def _now() -> str:
 
 
 class LettaEncoder:
-    """Turns one run's events into Letta's frames (one encoder per response)."""
+    """Turns one run's events into Letta's frames (one encoder per response).
 
-    def __init__(self, run_id: str) -> None:
+    ``previous`` is the data of the chunk at the client's cursor, if known: a client that
+    resumes right after a stored stop reason does not get a second one with the ending.
+    """
+
+    def __init__(self, run_id: str, previous: str | None = None) -> None:
         self.run_id = run_id
-        self._stopped = False  # the last message served was a stop reason
+        # Whether the last message the client got was a stop reason.
+        self._stopped = previous is not None and _is_stop_reason(_json(previous))
 
     def ping(self) -> str:
         """Letta's keepalive message (the SDK yields it as a ``LettaPing``)."""
@@ -80,7 +89,7 @@ class LettaEncoder:
         if event.event == "error":  # a Letta error event stored mid-run: served as Letta did
             return event.sse()
         message = self._message(event)
-        self._stopped = message.get("message_type") == "stop_reason"
+        self._stopped = _is_stop_reason(message)
         return self._with_id(event, _data(message))
 
     def _message(self, event: Event) -> dict[str, Any]:
@@ -108,8 +117,10 @@ class LettaEncoder:
         kind = event.terminal
         assert kind is not None
         reason = _STOP_REASONS.get(kind, "error")
-        frames = "" if self._stopped else _data({"message_type": "stop_reason",
-                                                 "stop_reason": reason})
+        # The stop reason carries the ending's seq id: a client resuming after it gets 204.
+        stop = {"message_type": "stop_reason", "stop_reason": reason, "seq_id": event.seq,
+                "run_id": self.run_id}
+        frames = "" if self._stopped else _data(stop)
         if reason == "error":
             frames += encode_frame(json.dumps(self._error(event, kind)), "error")
         return frames + self._with_id(event, DONE_FRAME)

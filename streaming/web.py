@@ -76,7 +76,7 @@ from .letta import LettaEncoder
 from .settings import Settings
 from .sse import sse_frames
 from .tokens import TokenSigner
-from .wire import Terminal, parse_cursor, validate_run_id
+from .wire import Terminal, parse_cursor, parse_frame, validate_run_id
 
 __all__ = ["AuthHook", "StreamEndpoints", "TokenAuth", "read_json_object"]
 
@@ -91,7 +91,7 @@ _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 _Cursor = tuple[str, object]  # (where the cursor came from, its raw value)
 #: Makes the response of an opened reader: (reader, ping interval, guard of its frames).
 _Guard = Callable[[HubReader, AsyncIterator[str]], AsyncIterator[bytes]]
-Framing = Callable[[HubReader, float | None, _Guard], Response]
+Framing = Callable[[HubReader, float | None, _Guard], Awaitable[Response]]
 
 
 class TokenAuth:
@@ -259,7 +259,7 @@ class StreamEndpoints:
             return Response(status_code=204, headers=NO_STORE)
         interval = self.settings.ping_interval if pings else None
         if framing is not None:
-            return framing(reader, interval, self._guard)
+            return await framing(reader, interval, self._guard)
         frames = sse_frames(reader, interval, retry_ms=self.retry_ms)
         return EventSourceResponse(self._guard(reader, frames), ping=0, headers=NO_STORE)
 
@@ -277,16 +277,26 @@ class StreamEndpoints:
 # -- other protocols ------------------------------------------------------------------------
 
 
-def letta_response(reader: HubReader, interval: float | None, guard: _Guard) -> Response:
+async def letta_response(reader: HubReader, interval: float | None, guard: _Guard) -> Response:
     """The run in Letta's protocol; 404 for a run that does not exist, as Letta answers."""
     if reader.terminal is Terminal.NOT_FOUND:
         return not_found(reader.cursor.keys.run_id)
-    encoder = LettaEncoder(reader.cursor.keys.run_id)
+    encoder = LettaEncoder(reader.cursor.keys.run_id, await _data_at_cursor(reader))
     frames = sse_frames(reader, interval, encode=encoder, ping=encoder.ping)
     return EventSourceResponse(guard(reader, frames), ping=0, headers=NO_STORE)
 
 
-def ui_message_response(reader: HubReader, interval: float | None, guard: _Guard) -> Response:
+async def _data_at_cursor(reader: HubReader) -> str | None:
+    """The data of the chunk at the reader's cursor (None at 0, or when not found by id)."""
+    if reader.last_seq == 0:
+        return None
+    entry_id = f"0-{reader.last_seq}"  # our id scheme; the seed's time-based ids are not found
+    entries: Any = await reader.hub.client.xrange(reader.cursor.keys.stream, min=entry_id,
+                                                  max=entry_id, count=1)
+    return parse_frame(entries[0][1].get("data", ""))[1] if entries else None
+
+
+async def ui_message_response(reader: HubReader, interval: float | None, guard: _Guard) -> Response:
     """The run in the AI SDK's UI message stream protocol; 404 for a run that does not exist."""
     if reader.terminal is Terminal.NOT_FOUND:
         return not_found(reader.cursor.keys.run_id)
