@@ -19,9 +19,11 @@ header ``x-vercel-ai-ui-message-stream: v1``; every frame is ``data: <JSON part>
 Restarts follow the client rule: a ``restarted`` event with ``"resume": false`` abandons the
 output before it. In the run's stored history (everything up to its last seq id when the
 request came) the encoder holds the parts back and drops the abandoned ones, so a reconnect or
-a finished run shows only the last attempt's text; a restart that happens while the client is
-connected closes the text part and starts a new message (``start`` with a new ``messageId``),
-which a resuming client (``useChat`` reconnecting) takes as a reset.
+a finished run shows only the last attempt's text. The protocol cannot take back text a client
+already has, so a restart that happens while a client is connected raises ``OutputAbandoned``:
+the server drops the connection (the response ends unfinished), the client reconnects as after
+any cut, and the replay, which holds back the history, rebuilds the message without the
+abandoned text.
 
 Pings are SSE comments, which the AI SDK's parser skips. Stop in the AI SDK is a disconnect:
 the run goes on until the app's cancel endpoint is called (see the README).
@@ -35,12 +37,16 @@ from typing import Any
 from .letta import chunk_text
 from .wire import Event, Terminal, encode_frame
 
-__all__ = ["HEADERS", "UIMessageEncoder"]
+__all__ = ["HEADERS", "OutputAbandoned", "UIMessageEncoder"]
 
 #: Response headers of the protocol.
 HEADERS = {"x-vercel-ai-ui-message-stream": "v1", "Cache-Control": "no-store"}
 #: Parts of the stored history held back at most (past it they are sent as they come).
 HISTORY_LIMIT = 100_000
+
+
+class OutputAbandoned(Exception):
+    """The run started over while the client was connected: its view must be rebuilt."""
 
 
 def _json(data: str) -> Any:
@@ -123,11 +129,11 @@ class UIMessageEncoder:
 
     def _restart(self, event: Event) -> list[dict[str, Any]]:
         notice = self._data_part("restarted", event)
-        if self._held is not None:  # in the stored history: the earlier parts never go out
-            self._held.clear()
-            self._text_id = None
-            return [notice]
-        return [*self._close_text(), *self._start(f"{self.run_id}.{event.seq}"), notice]
+        if self._held is None:
+            raise OutputAbandoned(f"run {self.run_id} restarted at seq {event.seq}")
+        self._held.clear()  # in the stored history: the earlier parts never go out
+        self._text_id = None
+        return [notice]
 
     def _start(self, message_id: str) -> list[dict[str, Any]]:
         return [{"type": "start", "messageId": message_id}]

@@ -60,7 +60,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from .aisdk import HEADERS as UI_STREAM_HEADERS
-from .aisdk import UIMessageEncoder
+from .aisdk import OutputAbandoned, UIMessageEncoder
 from .control import arun_status
 from .errors import (
     AccessDenied,
@@ -309,7 +309,19 @@ async def ui_message_response(reader: HubReader, interval: float | None, guard: 
         async for frame in sse_frames(reader, interval, encode=encoder, ping=encoder.ping):
             yield frame
 
-    return EventSourceResponse(guard(reader, frames()), ping=0, headers=UI_STREAM_HEADERS)
+    return _UIStreamResponse(guard(reader, frames()), ping=0, headers=UI_STREAM_HEADERS)
+
+
+class _UIStreamResponse(EventSourceResponse):
+    """Drops the connection (the body never finishes) when the run restarts under it."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except* OutputAbandoned as group:
+            # Returning with the body unfinished makes the server close the connection: the
+            # AI SDK's client sees a cut, reconnects, and the replay has no abandoned text.
+            logger.info("UI stream dropped so the client rebuilds it: %s", group.exceptions[0])
 
 
 def not_found(run_id: str) -> JSONResponse:
