@@ -102,3 +102,72 @@ def test_cancel_button_ends_the_page_cleanly(browser: object, settings: Settings
         shown = page.text_content("#output") or ""
     assert state == "cancelled" and closed
     assert 0 < len(shown) < len(DEMO_TEXT)
+
+
+def seqs_at_least(count: int) -> str:
+    return ("(document.querySelector('#output').dataset.seqs || '')"
+            f".split(',').filter(Boolean).length >= {count}")
+
+
+@pytest.mark.slow
+def test_page_survives_a_reload_mid_run(browser: object, settings: Settings, celery_runs: Runs):
+    """Reload mid-run: the page finds its run in the URL and its text and cursor in session
+    storage, resumes after its last event id, and ends with the run's output exactly."""
+    settings = settings.replace(token_secret="browser-test-" + "s" * 32)
+    app = create_app(settings, launcher=celery_runs, flower_url="http://flower.test:5555/")
+    with ServerThread(app) as server:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})  # type: ignore[attr-defined]
+        page.goto(server.url + "/")
+        page.select_option("#rate", "10")
+        page.click("#start")
+        page.wait_for_function(seqs_at_least(5), timeout=30_000)
+        url = page.url
+        page.reload()
+        page.wait_for_function(seqs_at_least(12), timeout=30_000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "page-resumed-after-reload.png"))
+        page.wait_for_selector("body[data-finished]", timeout=60_000)
+        run_id = page.text_content("#run-id") or ""
+        shown = page.text_content("#output")
+        seqs = page.get_attribute("#output", "data-seqs")
+        state = page.get_attribute("body", "data-finished")
+        reconnects = int(page.text_content("#reconnects") or 0)
+        flower = page.get_attribute("#flower-link", "href")
+        page.wait_for_function(
+            f"document.querySelector('#runs tbody').textContent.includes('{run_id[:12]}')",
+            timeout=10_000)
+        listed = page.text_content("#runs tbody") or ""
+        page.reload()  # after the end: the saved view, no new connection
+        page.wait_for_selector("body[data-finished]", timeout=10_000)
+        again = page.text_content("#output")
+        reconnected = page.evaluate("source === null")
+    text, stored = full_text(settings, run_id)
+    assert url.endswith(f"?run={run_id}")
+    assert state == "done" and reconnects == 1
+    assert shown == text == again
+    assert [int(s) for s in (seqs or "").split(",")] == stored  # every chunk once
+    assert flower == f"http://flower.test:5555/task/{run_id}"
+    assert "done" in listed
+    assert reconnected
+
+
+@pytest.mark.slow
+def test_drop_button_shows_the_resume(browser: object, settings: Settings, celery_runs: Runs):
+    settings = settings.replace(token_secret="browser-test-" + "s" * 32)
+    with ServerThread(create_app(settings, launcher=celery_runs)) as server:
+        page = browser.new_page()  # type: ignore[attr-defined]
+        page.goto(server.url + "/")
+        page.select_option("#rate", "10")
+        page.click("#start")
+        page.wait_for_function(seqs_at_least(3), timeout=30_000)
+        page.click("#drop")
+        page.wait_for_selector("body[data-finished]", timeout=60_000)
+        run_id = page.text_content("#run-id") or ""
+        shown = page.text_content("#output")
+        seqs = page.get_attribute("#output", "data-seqs")
+        log = page.text_content("#events") or ""
+        reconnects = int(page.text_content("#reconnects") or 0)
+    text, stored = full_text(settings, run_id)
+    assert reconnects == 1 and "connection dropped after #" in log and "resumed after #" in log
+    assert shown == text
+    assert [int(s) for s in (seqs or "").split(",")] == stored
