@@ -32,6 +32,7 @@ from examples.app import DEMO_TEXT
 from examples.follow import RunView, follow
 from examples.services import ServiceError, Services
 from streaming.embedded import EmbeddedServer, free_port
+from worker.config import FLOWER_TASKS_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK_SIZE = 8
@@ -111,7 +112,8 @@ def _start_services(services: Services, args: argparse.Namespace) -> dict[str, s
     if not args.no_flower:
         flower_port = _port(args.flower_port)
         services.start("flower", [*python, "celery", "-A", "worker", "flower",
-                                  "--address=127.0.0.1", f"--port={flower_port}"])
+                                  "--address=127.0.0.1", f"--port={flower_port}",
+                                  f"--tasks_columns={FLOWER_TASKS_COLUMNS}"])
         urls["flower"] = f"http://127.0.0.1:{flower_port}"
     services.wait_for_http("app", urls["app"] + "/", timeout=30)
     services.wait_for_log("worker", " ready.", timeout=60)

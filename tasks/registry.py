@@ -60,6 +60,9 @@ class GeneratorSpec:
     params: type[Params]
     #: Errors worth another attempt (the task is retried; the run goes on with `restarted`).
     retry_for: tuple[type[BaseException], ...] = ()
+    #: How many chunks a run with these params will yield, when the generator knows it in
+    #: advance (progress reports show it as the total).
+    total: Callable[[Any], int | None] | None = None
 
     def parse(self, raw: object) -> Params:
         """The run's params as this generator's model; ``InvalidParams`` says what is wrong."""
@@ -87,15 +90,16 @@ class Registry:
         self._specs: dict[str, GeneratorSpec] = {}
 
     def register(
-        self, name: str, params: type[Params], *, retry_for: tuple[type[BaseException], ...] = ()
+        self, name: str, params: type[Params], *, retry_for: tuple[type[BaseException], ...] = (),
+        total: Callable[[Any], int | None] | None = None,
     ) -> Callable[[GeneratorFunction[Any]], GeneratorFunction[Any]]:
-        """Decorator: make ``function`` runnable as ``name``."""
+        """Decorator: make ``function`` runnable as ``name`` (``total``: see GeneratorSpec)."""
 
         def add(function: GeneratorFunction[Any]) -> GeneratorFunction[Any]:
             known = self._specs.get(name)
             if known is not None and known.function is not function:
                 raise ValueError(f"generator {name!r} is already registered")
-            self._specs[name] = GeneratorSpec(name, function, params, retry_for)
+            self._specs[name] = GeneratorSpec(name, function, params, retry_for, total)
             return function
 
         return add

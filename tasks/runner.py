@@ -36,6 +36,8 @@ class Summary:
     bytes: int = 0
     ending: str = ""
     last_seq: int = 0
+    #: The chunks the generator will yield, when it says (``GeneratorSpec.total``).
+    total: int | None = None
     started: float = field(default_factory=time.monotonic)
 
     def add(self, data: str) -> None:
@@ -43,8 +45,9 @@ class Summary:
         self.bytes += len(data.encode("utf-8", "replace"))
 
     def progress(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "attempt": self.attempt, "chunks": self.chunks,
-                "last_seq": self.last_seq, "worker_pid": os.getpid()}
+        shown = {"run_id": self.run_id, "attempt": self.attempt, "chunks": self.chunks,
+                 "last_seq": self.last_seq, "worker_pid": os.getpid()}
+        return shown if self.total is None else shown | {"total": self.total}
 
     def as_dict(self) -> dict[str, Any]:
         seconds = round(time.monotonic() - self.started, 3)

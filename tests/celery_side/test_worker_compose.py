@@ -11,7 +11,7 @@ import yaml
 from worker_procs import ROOT
 
 from tests.conftest import require
-from worker.config import ENVIRONMENT, WorkerConfig
+from worker.config import ENVIRONMENT, FLOWER_TASKS_COLUMNS, WorkerConfig
 
 COMPOSE = ROOT / "docker-compose.yml"
 
@@ -34,6 +34,7 @@ def test_store_worker_and_flower_with_health_checks(compose):
     worker = " ".join(services["worker"]["command"])
     assert worker.startswith("celery -A worker worker -P prefork")
     assert " ".join(services["flower"]["command"]).startswith("celery -A worker flower")
+    assert f"--tasks_columns={FLOWER_TASKS_COLUMNS}" in services["flower"]["command"]
     for name in ("worker", "flower"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
     assert "# api:" in COMPOSE.read_text()  # the web tier's place
