@@ -50,8 +50,10 @@ class Summary:
         return shown if self.total is None else shown | {"total": self.total}
 
     def as_dict(self) -> dict[str, Any]:
+        """The summary; the ending first, so that a truncated view (Flower's list) shows it."""
         seconds = round(time.monotonic() - self.started, 3)
-        return self.progress() | {"bytes": self.bytes, "seconds": seconds, "ending": self.ending}
+        return {"ending": self.ending, "chunks": self.chunks, "last_seq": self.last_seq,
+                "seconds": seconds, "bytes": self.bytes} | self.progress()
 
 
 class CancelWatch:
