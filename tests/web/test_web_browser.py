@@ -10,15 +10,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from starlette.applications import Starlette
+from starlette.responses import HTMLResponse
+from starlette.routing import Route
 
 from examples.app import DEMO_TEXT, create_app
 from streaming.client import sync_client
 from streaming.reader import read_events
 from streaming.settings import Settings
+from streaming.web import StreamEndpoints
+from streaming.writer import StreamWriter
 from tasks.api import Runs
 from tests.conftest import require
 from tests.web.http_server import ServerThread
@@ -171,3 +179,82 @@ def test_drop_button_shows_the_resume(browser: object, settings: Settings, celer
     assert reconnects == 1 and "connection dropped after #" in log and "resumed after #" in log
     assert shown == text
     assert [int(s) for s in (seqs or "").split(",")] == stored
+
+
+def readme_snippet() -> str:
+    """The README's plain EventSource client, as printed there."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("#### A plain `EventSource` that resumes across reloads", 1)[1]
+    return section.split("```js\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.slow
+def test_readme_eventsource_snippet_resumes_across_a_reload(browser: object, settings: Settings,
+                                                             writer: StreamWriter):
+    """The README's snippet, verbatim in a page: reload mid-run, the text ends exact."""
+    settings = settings.replace(token_secret="browser-test-" + "s" * 32)
+    streams = StreamEndpoints(settings)
+    run_id = f"run-{uuid.uuid4().hex}"
+    url = f"/runs/{run_id}/stream?token={streams.issue_token(run_id)}"
+    setup = ("if (!sessionStorage.getItem('run')) sessionStorage.setItem('run', "
+             f"JSON.stringify({{url: '{url}', last: '', text: ''}}));")
+    html = (f"<!doctype html><div id='output'></div><script>{setup}</script>"
+            f"<script>{readme_snippet()}</script>")
+
+    async def page_route(request: object) -> HTMLResponse:
+        return HTMLResponse(html)
+
+    app = Starlette(routes=[Route("/", page_route), *streams.routes], lifespan=streams.lifespan)
+    texts = [f"part {i}, " for i in range(40)]
+
+    def produce() -> None:
+        handle = writer.open(run_id)
+        for text in texts:
+            handle.send(json.dumps({"text": text}))
+            handle.flush()
+            time.sleep(0.05)
+        handle.finish()
+
+    producer = threading.Thread(target=produce)
+    with ServerThread(app) as server:
+        page = browser.new_page()  # type: ignore[attr-defined]
+        producer.start()
+        page.goto(server.url + "/")
+        page.wait_for_function("document.querySelector('#output').textContent.length > 30",
+                               timeout=30_000)
+        page.reload()
+        page.wait_for_function("JSON.parse(sessionStorage.getItem('run')).last === '41'",
+                               timeout=30_000)
+        shown = page.text_content("#output")
+        producer.join(10)
+    assert shown == "".join(texts)
+
+
+@pytest.mark.slow
+def test_page_drops_the_output_of_an_attempt_that_started_over(
+        browser: object, settings: Settings, writer: StreamWriter):
+    """The client rule: ``restarted`` without ``"resume": true`` drops what came before."""
+    settings = settings.replace(token_secret="browser-test-" + "s" * 32)
+    run_id = f"run-{uuid.uuid4().hex}"
+    first = writer.open(run_id)
+    first.send(json.dumps({"text": "abandoned "}))
+    first.release()
+    second = writer.open(run_id)  # stores `restarted` first
+    for text in ("kept ", "text"):
+        second.send(json.dumps({"text": text}))
+    second.finish()
+    app = create_app(settings, launcher=object())  # type: ignore[arg-type]
+    token = app.state.streams.issue_token(run_id)
+    known = {run_id: {"run_id": run_id, "stream_url": f"/runs/{run_id}/stream?token={token}",
+                      "cancel_url": "", "started": 1}}
+    with ServerThread(app) as server:
+        page = browser.new_page()  # type: ignore[attr-defined]
+        page.goto(server.url + "/")
+        page.evaluate(f"localStorage.setItem('celery-streaming:runs', '{json.dumps(known)}')")
+        page.goto(f"{server.url}/?run={run_id}")
+        page.wait_for_selector("body[data-finished]", timeout=30_000)
+        shown = page.text_content("#output")
+        notices = page.text_content("#notices") or ""
+        attempt = page.text_content("#attempt")
+    assert shown == "kept text"
+    assert "attempt 2 started over" in notices and attempt == "2"
