@@ -67,7 +67,17 @@ def ui_settings(settings: Settings) -> Settings:
 def served(settings: Settings) -> ServerThread:
     streams = StreamEndpoints(settings, retry_ms=1000)
     app = Starlette(routes=[Mount("", routes=streams.routes)], lifespan=streams.lifespan)
-    return ServerThread(app)
+    server = ServerThread(app)
+    server.streams = streams  # type: ignore[attr-defined]
+    return server
+
+
+def wait_for_readers(server: ServerThread, count: int, timeout: float = 60.0) -> None:
+    """Until ``count`` clients (processes still starting) have their streams open."""
+    deadline = time.monotonic() + timeout
+    while not ((hub := server.streams.hub) and hub.stats()["readers"] >= count):  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the clients never opened their streams"
+        time.sleep(0.02)
 
 
 def chat(node: str, base_url: str, run_id: str) -> dict[str, Any]:
@@ -84,8 +94,14 @@ def text_of(message: dict[str, Any]) -> str:
 
 
 def produce(writer: StreamWriter, run_id: str, texts: list[str], *, pause: float = 0.04,
-            ending: Terminal = Terminal.DONE, message: str = "") -> None:
+            ending: Terminal = Terminal.DONE, message: str = "",
+            readers: tuple[ServerThread, int] | None = None) -> None:
+    """Write ``texts`` as demo chunks, then the ending; with ``readers``, once that many
+    clients read."""
     handle = writer.open(run_id)
+    handle.flush()
+    if readers is not None:
+        wait_for_readers(*readers)
     for index, text in enumerate(texts):
         handle.send(json.dumps({"text": text, "index": index}))
         handle.flush()
@@ -96,8 +112,9 @@ def produce(writer: StreamWriter, run_id: str, texts: list[str], *, pause: float
 def test_live_run_cut_mid_stream_assembles_the_uninterrupted_message(
         node: str, ui_settings: Settings, writer: StreamWriter):
     run_id = f"run-{uuid.uuid4().hex}"
-    producer = threading.Thread(target=produce, args=(writer, run_id, TEXTS))
     with served(ui_settings) as server:
+        producer = threading.Thread(target=produce, args=(writer, run_id, TEXTS),
+                                    kwargs={"readers": (server, 2), "pause": 0.06})
         proxy = CuttingProxy(server.port, cut_after=6, marker=b"\ndata: ")
         results: dict[str, dict[str, Any]] = {}
 
@@ -177,14 +194,15 @@ def test_live_restart_rebuilds_the_message_without_the_abandoned_text(
     first.send(json.dumps({"text": "abandoned text ", "index": 0}))
     first.flush()
 
-    def restart() -> None:
-        time.sleep(1.5)  # the client has the abandoned text by now
+    def restart(server: ServerThread) -> None:
+        wait_for_readers(server, 1)
+        time.sleep(0.5)  # the client has the abandoned text by now
         first.release()
         produce(writer, run_id, TEXTS[:4])
 
-    producer = threading.Thread(target=restart)
-    producer.start()
     with served(ui_settings) as server:
+        producer = threading.Thread(target=restart, args=(server,))
+        producer.start()
         result = chat(node, server.url, run_id)
     producer.join(30)
     [message] = result["messages"]

@@ -71,7 +71,17 @@ def served(settings: Settings) -> ServerThread:
     """The endpoints under /v1, where Letta's SDK looks for them."""
     streams = StreamEndpoints(settings, retry_ms=1000)
     app = Starlette(routes=[Mount("/v1", routes=streams.routes)], lifespan=streams.lifespan)
-    return ServerThread(app)
+    server = ServerThread(app)
+    server.streams = streams  # type: ignore[attr-defined]
+    return server
+
+
+def wait_for_a_reader(server: ServerThread, timeout: float = 60.0) -> None:
+    """Until the SDK (a process still starting) has its stream open."""
+    deadline = time.monotonic() + timeout
+    while not ((hub := server.streams.hub) and hub.stats()["readers"]):  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the SDK never opened the stream"
+        time.sleep(0.02)
 
 
 def read_with_sdk(python: Path, base_url: str, run_id: str, *args: str) -> list[dict[str, Any]]:
@@ -94,13 +104,17 @@ def letta_frame(content: str, **fields: Any) -> str:
     return json.dumps(message, separators=(",", ":"))
 
 
-def write_letta_run(writer: StreamWriter, run_id: str, contents: list[str]) -> None:
-    """A run written as Letta writes one, paced: messages, its stop reason, [DONE]."""
+def write_letta_run(writer: StreamWriter, run_id: str, contents: list[str],
+                    server: ServerThread) -> None:
+    """A run written as Letta writes one, paced once a client reads: messages, its stop
+    reason, [DONE]."""
     handle = writer.open(run_id)
+    handle.flush()
+    wait_for_a_reader(server)
     for content in contents:
         handle.send(letta_frame(content))
         handle.flush()
-        time.sleep(0.05)
+        time.sleep(0.08)
     handle.send(json.dumps({"message_type": "stop_reason", "stop_reason": "end_turn"}))
     handle.finish()
 
@@ -109,9 +123,10 @@ def test_sdk_reads_a_letta_run_and_resumes_by_seq_id_after_cuts(
         letta_python: Path, letta_settings: Settings, writer: StreamWriter):
     run_id = f"run-{uuid.uuid4().hex}"
     contents = [f"part {i} " for i in range(15)]
-    producer = threading.Thread(target=write_letta_run, args=(writer, run_id, contents))
-    producer.start()
     with served(letta_settings) as server:
+        producer = threading.Thread(target=write_letta_run,
+                                    args=(writer, run_id, contents, server))
+        producer.start()
         proxy = CuttingProxy(server.port, cut_after=4)
         try:
             lines = read_with_sdk(letta_python, proxy.url, run_id)
