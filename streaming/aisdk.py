@@ -27,17 +27,28 @@ abandoned text.
 
 Pings are SSE comments, which the AI SDK's parser skips. Stop in the AI SDK is a disconnect:
 the run goes on until the app's cancel endpoint is called (see the README).
+``UIMessageEncoder`` is the protocol; ``ui_message_response`` the HTTP response
+``streaming.web`` serves it with.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
-from .letta import chunk_text
+from sse_starlette import EventSourceResponse
+from starlette.responses import Response
+
+from .hub import HubReader
+from .letta import Guard, chunk_text, not_found
+from .sse import sse_frames
 from .wire import Event, Terminal, encode_frame
 
-__all__ = ["HEADERS", "OutputAbandoned", "UIMessageEncoder"]
+__all__ = ["HEADERS", "OutputAbandoned", "UIMessageEncoder", "ui_message_response"]
+
+logger = logging.getLogger(__name__)
 
 #: Response headers of the protocol.
 HEADERS = {"x-vercel-ai-ui-message-stream": "v1", "Cache-Control": "no-store"}
@@ -155,3 +166,34 @@ class UIMessageEncoder:
         if any(part["type"] in ("finish", "abort", "error") for part in parts):
             text += "data: [DONE]\n\n"
         return text
+
+
+# -- the HTTP response ----------------------------------------------------------------------
+
+
+async def ui_message_response(reader: HubReader, interval: float | None, guard: Guard) -> Response:
+    """The opened ``reader``'s run in the UI message stream protocol; 404 for a missing run."""
+    if reader.terminal is Terminal.NOT_FOUND:
+        return not_found(reader.cursor.keys.run_id)
+    stored = reader.status.last_seq if reader.status is not None else 0
+    encoder = UIMessageEncoder(reader.cursor.keys.run_id,
+                               history=stored if stored > reader.last_seq else 0)
+
+    async def frames() -> AsyncIterator[str]:
+        yield encoder.opening()
+        async for frame in sse_frames(reader, interval, encode=encoder, ping=encoder.ping):
+            yield frame
+
+    return _UIStreamResponse(guard(reader, frames()), ping=0, headers=HEADERS)
+
+
+class _UIStreamResponse(EventSourceResponse):
+    """Drops the connection (the body never finishes) when the run restarts under it."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except* OutputAbandoned as group:
+            # Returning with the body unfinished makes the server close the connection: the
+            # AI SDK's client sees a cut, reconnects, and the replay has no abandoned text.
+            logger.info("UI stream dropped so the client rebuilds it: %s", group.exceptions[0])

@@ -22,19 +22,31 @@ a JSON message, skips named events other than ``error`` and raises on ``event: e
   ``error_message`` (``error_type`` the ending's kind: the SDK raises ``APIStatusError``
   carrying it) then ``[DONE]``. A stop reason the run stored itself is not repeated.
 
-Stored frames keep their ``id: <seq>`` line, which Letta's decoder reads and ignores.
+Stored frames keep their ``id: <seq>`` line, which Letta's decoder reads and ignores. A run that
+does not exist gets 404, as from Letta's server. ``LettaEncoder`` is the protocol;
+``letta_response`` the HTTP response ``streaming.web`` serves it with.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from .wire import DONE_FRAME, Event, Terminal, encode_frame
+from sse_starlette import EventSourceResponse
+from starlette.responses import JSONResponse, Response
 
-__all__ = ["LettaEncoder", "chunk_text"]
+from .hub import HubReader
+from .sse import sse_frames
+from .wire import DONE_FRAME, Event, Terminal, encode_frame, parse_frame
+
+__all__ = ["LettaEncoder", "chunk_text", "letta_response", "not_found"]
+
+NO_STORE = {"Cache-Control": "no-store"}
+#: What the web tier passes every response's frames through (it ends them cleanly on outages).
+Guard = Callable[[HubReader, AsyncIterator[str]], AsyncIterator[bytes]]
 
 _STOP_REASONS = {Terminal.DONE: "end_turn", Terminal.CANCELLED: "cancelled"}
 
@@ -132,3 +144,31 @@ class LettaEncoder:
         return {"message_type": "error_message", "run_id": self.run_id,
                 "error_type": kind.value, "message": str(body.get("message", "")),
                 "detail": body.get("type"), "seq_id": event.seq}
+
+
+# -- the HTTP response ----------------------------------------------------------------------
+
+
+async def letta_response(reader: HubReader, interval: float | None, guard: Guard) -> Response:
+    """The opened ``reader``'s run in Letta's protocol; 404 for a run that does not exist."""
+    if reader.terminal is Terminal.NOT_FOUND:
+        return not_found(reader.cursor.keys.run_id)
+    encoder = LettaEncoder(reader.cursor.keys.run_id, await _data_at_cursor(reader))
+    frames = sse_frames(reader, interval, encode=encoder, ping=encoder.ping)
+    return EventSourceResponse(guard(reader, frames), ping=0, headers=NO_STORE)
+
+
+async def _data_at_cursor(reader: HubReader) -> str | None:
+    """The data of the chunk at the reader's cursor (None at 0, or when not found by id)."""
+    if reader.last_seq == 0:
+        return None
+    entry_id = f"0-{reader.last_seq}"  # our id scheme; the seed's time-based ids are not found
+    entries: Any = await reader.hub.client.xrange(reader.cursor.keys.stream, min=entry_id,
+                                                  max=entry_id, count=1)
+    return parse_frame(entries[0][1].get("data", ""))[1] if entries else None
+
+
+def not_found(run_id: str) -> JSONResponse:
+    """404 with the web tier's JSON error."""
+    body = {"error": {"type": "not_found", "message": f"run {run_id} does not exist"}}
+    return JSONResponse(body, 404, NO_STORE)

@@ -59,8 +59,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "streaming.web needs the web extra: pip install 'celery-streaming[web]'"
     ) from exc
 
-from .aisdk import HEADERS as UI_STREAM_HEADERS
-from .aisdk import OutputAbandoned, UIMessageEncoder
+from .aisdk import ui_message_response
 from .control import arun_status
 from .errors import (
     AccessDenied,
@@ -72,11 +71,11 @@ from .errors import (
     Unauthenticated,
 )
 from .hub import HubReader, ReaderHub
-from .letta import LettaEncoder
+from .letta import letta_response
 from .settings import Settings
 from .sse import sse_frames
 from .tokens import TokenSigner
-from .wire import Terminal, parse_cursor, parse_frame, validate_run_id
+from .wire import parse_cursor, validate_run_id
 
 __all__ = ["AuthHook", "StreamEndpoints", "TokenAuth", "read_json_object"]
 
@@ -89,7 +88,8 @@ AuthHook = Callable[[Request, str], bool | Awaitable[bool]]
 NO_STORE = {"Cache-Control": "no-store"}
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 _Cursor = tuple[str, object]  # (where the cursor came from, its raw value)
-#: Makes the response of an opened reader: (reader, ping interval, guard of its frames).
+#: The response of an opened reader in another protocol: (reader, ping interval, the guard
+#: its frames go through) -> response (``streaming.letta``, ``streaming.aisdk``).
 _Guard = Callable[[HubReader, AsyncIterator[str]], AsyncIterator[bytes]]
 Framing = Callable[[HubReader, float | None, _Guard], Awaitable[Response]]
 
@@ -272,61 +272,6 @@ class StreamEndpoints:
             # without a terminal event makes the client reconnect, here or to another
             # process, and resume from its last id: nothing is lost or repeated.
             logger.warning("stream of run %s cut: %s", reader.cursor.keys.run_id, exc)
-
-
-# -- other protocols ------------------------------------------------------------------------
-
-
-async def letta_response(reader: HubReader, interval: float | None, guard: _Guard) -> Response:
-    """The run in Letta's protocol; 404 for a run that does not exist, as Letta answers."""
-    if reader.terminal is Terminal.NOT_FOUND:
-        return not_found(reader.cursor.keys.run_id)
-    encoder = LettaEncoder(reader.cursor.keys.run_id, await _data_at_cursor(reader))
-    frames = sse_frames(reader, interval, encode=encoder, ping=encoder.ping)
-    return EventSourceResponse(guard(reader, frames), ping=0, headers=NO_STORE)
-
-
-async def _data_at_cursor(reader: HubReader) -> str | None:
-    """The data of the chunk at the reader's cursor (None at 0, or when not found by id)."""
-    if reader.last_seq == 0:
-        return None
-    entry_id = f"0-{reader.last_seq}"  # our id scheme; the seed's time-based ids are not found
-    entries: Any = await reader.hub.client.xrange(reader.cursor.keys.stream, min=entry_id,
-                                                  max=entry_id, count=1)
-    return parse_frame(entries[0][1].get("data", ""))[1] if entries else None
-
-
-async def ui_message_response(reader: HubReader, interval: float | None, guard: _Guard) -> Response:
-    """The run in the AI SDK's UI message stream protocol; 404 for a run that does not exist."""
-    if reader.terminal is Terminal.NOT_FOUND:
-        return not_found(reader.cursor.keys.run_id)
-    stored = reader.status.last_seq if reader.status is not None else 0
-    encoder = UIMessageEncoder(reader.cursor.keys.run_id,
-                               history=stored if stored > reader.last_seq else 0)
-
-    async def frames() -> AsyncIterator[str]:
-        yield encoder.opening()
-        async for frame in sse_frames(reader, interval, encode=encoder, ping=encoder.ping):
-            yield frame
-
-    return _UIStreamResponse(guard(reader, frames()), ping=0, headers=UI_STREAM_HEADERS)
-
-
-class _UIStreamResponse(EventSourceResponse):
-    """Drops the connection (the body never finishes) when the run restarts under it."""
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        except* OutputAbandoned as group:
-            # Returning with the body unfinished makes the server close the connection: the
-            # AI SDK's client sees a cut, reconnects, and the replay has no abandoned text.
-            logger.info("UI stream dropped so the client rebuilds it: %s", group.exceptions[0])
-
-
-def not_found(run_id: str) -> JSONResponse:
-    body = {"error": {"type": "not_found", "message": f"run {run_id} does not exist"}}
-    return JSONResponse(body, 404, NO_STORE)
 
 
 # -- requests and errors --------------------------------------------------------------------
