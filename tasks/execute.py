@@ -148,8 +148,9 @@ class Attempt:
     def _report(self, force: bool = False) -> None:
         """Publish progress (Celery state STREAMING, and a Flower event) at most every interval.
 
-        ``chunks`` and ``last_seq`` are what Redis has stored, read together, so they agree
-        (on a first attempt ``chunks == last_seq``); ``total`` when the generator knows it.
+        ``chunks`` (the run's output chunks, those of the attempts this one continues included)
+        and ``last_seq`` are what Redis has stored, read together, so they agree (on a first
+        attempt ``chunks == last_seq``); ``total`` when the generator knows it.
         """
         now = time.monotonic()
         if (now < self._next_report and not force) or self.task.request.id is None:
@@ -157,8 +158,8 @@ class Attempt:
         self._next_report = now + self.config.progress_interval
         stored, last_seq = self.run_writer.stored
         announced = self.run_writer.sent - self.summary.chunks  # its `restarted` event
-        progress = self.summary.progress() | {"chunks": max(stored - announced, 0),
-                                              "last_seq": last_seq}
+        chunks = self.run_writer.resumed_chunks + max(stored - announced, 0)  # of the whole run
+        progress = self.summary.progress() | {"chunks": chunks, "last_seq": last_seq}
         # Flower's task list and task view show an event's fields only through known names:
         # `result` carries the progress, in words, until the task's own result replaces it.
         self._publish(STREAMING, progress, "task-streaming", progress_text(progress))
