@@ -29,12 +29,15 @@ does not exist gets 404, as from Letta's server. ``LettaEncoder`` is the protoco
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 from starlette.responses import JSONResponse, Response
 
@@ -44,6 +47,7 @@ from .wire import DONE_FRAME, Event, Terminal, encode_frame, parse_frame
 
 __all__ = ["LettaEncoder", "chunk_text", "letta_response", "not_found"]
 
+logger = logging.getLogger(__name__)
 NO_STORE = {"Cache-Control": "no-store"}
 #: What the web tier passes every response's frames through (it ends them cleanly on outages).
 Guard = Callable[[HubReader, AsyncIterator[str]], AsyncIterator[bytes]]
@@ -159,12 +163,22 @@ async def letta_response(reader: HubReader, interval: float | None, guard: Guard
 
 
 async def _data_at_cursor(reader: HubReader) -> str | None:
-    """The data of the chunk at the reader's cursor (None at 0, or when not found by id)."""
+    """The data of the chunk at the reader's cursor (None at 0, or when not found by id).
+
+    Bounded by ``request_timeout``; a store that fails here only costs the check (a client
+    resuming right after a stored stop reason may then get a second one).
+    """
     if reader.last_seq == 0:
         return None
     entry_id = f"0-{reader.last_seq}"  # our id scheme; the seed's time-based ids are not found
-    entries: Any = await reader.hub.client.xrange(reader.cursor.keys.stream, min=entry_id,
-                                                  max=entry_id, count=1)
+    lookup = reader.hub.client.xrange(reader.cursor.keys.stream, min=entry_id, max=entry_id,
+                                      count=1)
+    try:
+        entries: Any = await asyncio.wait_for(lookup, reader.hub.settings.request_timeout)
+    except (TimeoutError, RedisError) as exc:
+        logger.warning("run %s: could not read the entry at the cursor: %r",
+                       reader.cursor.keys.run_id, exc)
+        return None
     return parse_frame(entries[0][1].get("data", ""))[1] if entries else None
 
 
