@@ -11,8 +11,13 @@ Routes, relative to where they are mounted:
   Every stored event carries ``id: <seq>``; ``: ping`` comments fill every
   ``settings.ping_interval`` s of silence; the response ends after the run's terminal event.
   A cursor that already has the terminal event gets 204 (``EventSource`` stops on it).
-- ``POST /runs/{run_id}/stream``: the same, with the seed's JSON body ``{"starting_after": N,
-  "include_pings": bool}`` (its ``poll_interval`` and ``batch_size`` are accepted, unused).
+- ``POST /runs/{run_id}/stream``: the seed's and Letta's resume route, JSON body
+  ``{"starting_after": N, "include_pings": bool}`` (``poll_interval`` and ``batch_size`` are
+  accepted, unused), answered in Letta's protocol (``streaming.letta``) so Letta's SDKs read
+  it; a run that does not exist gets 404 there, as from Letta's server.
+- ``GET /runs/{run_id}/ui-stream``: the same events in the Vercel AI SDK's UI message stream
+  protocol (``streaming.aisdk``), for ``useChat``'s reconnect; same cursors, 204, and 404 for a
+  run that does not exist.
 - ``GET /runs/{run_id}/status``: ``{"run_id", "state", "last_seq", "attempt", "terminal"}``.
 - ``POST /runs/{run_id}/token`` (with the default token auth): a fresh token with the scopes
   of the one presented, for clients whose session outlives ``settings.token_ttl``.
@@ -61,6 +66,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "streaming.web needs the web extra: pip install 'celery-streaming[web]'"
     ) from exc
 
+from .aisdk import ui_message_response
 from .client import TRANSIENT
 from .control import arun_status
 from .errors import (
@@ -75,6 +81,7 @@ from .errors import (
     Unavailable,
 )
 from .hub import HubReader, ReaderHub
+from .letta import letta_response
 from .settings import Settings
 from .sse import sse_frames
 from .tokens import Claims, TokenSigner, atoken_generation
@@ -112,6 +119,10 @@ SESSION_COOKIE = "streaming_session"
 #: own retries), or refusing a command. Each becomes a 503, never a 500.
 _STORE_ERRORS: tuple[type[Exception], ...] = (*TRANSIENT, AskError, RedisError)
 _Cursor = tuple[str, object]  # (where the cursor came from, its raw value)
+#: The response of an opened reader in another protocol: (reader, ping interval, the guard
+#: its frames go through) -> response (``streaming.letta``, ``streaming.aisdk``).
+_Guard = Callable[[HubReader, AsyncIterator[str]], AsyncIterator[bytes]]
+Framing = Callable[[HubReader, float | None, _Guard], Awaitable[Response]]
 
 
 class TokenAuth:
@@ -183,6 +194,8 @@ class StreamEndpoints:
             Route("/runs/{run_id}/stream", self.stream, methods=["GET"], name="run_stream"),
             Route("/runs/{run_id}/stream", self.resume, methods=["POST"],
                   name="run_stream_resume"),
+            Route("/runs/{run_id}/ui-stream", self.ui_stream, methods=["GET"],
+                  name="run_ui_stream"),
             Route("/runs/{run_id}/status", self.status, methods=["GET"], name="run_status"),
         ]
         if isinstance(self.auth, TokenAuth):
@@ -294,6 +307,18 @@ class StreamEndpoints:
         except (InvalidInput, AccessDenied, Unavailable) as exc:
             return error_response(exc)
 
+    async def ui_stream(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        try:
+            validate_run_id(run_id)
+            source, raw = _query_cursor(request)
+            cursor = _cursor_of(source, raw)
+            await self.authorize(request, run_id)
+            return await self._serve(run_id, source, cursor, pings=True,
+                                     framing=ui_message_response)
+        except (InvalidInput, AccessDenied, Unavailable) as exc:
+            return error_response(exc)
+
     async def resume(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]
         try:
@@ -301,7 +326,8 @@ class StreamEndpoints:
             (source, raw), pings = _body_cursor(request, await self.read_json(request))
             cursor = _cursor_of(source, raw)
             await self.authorize(request, run_id)
-            return await self._serve(run_id, source, cursor, pings=pings)
+            return await self._serve(run_id, source, cursor, pings=pings,
+                                     framing=letta_response)
         except (InvalidInput, AccessDenied, Unavailable) as exc:
             return error_response(exc)
 
@@ -339,7 +365,8 @@ class StreamEndpoints:
                 "expires_in": int(ttl)}
         return JSONResponse(body, headers=NO_STORE)
 
-    async def _serve(self, run_id: str, source: str, cursor: int, *, pings: bool) -> Response:
+    async def _serve(self, run_id: str, source: str, cursor: int, *, pings: bool,
+                     framing: Framing | None = None) -> Response:
         reader = (await self.start()).read(run_id, cursor)
         try:
             await self.store(reader.open())
@@ -347,12 +374,15 @@ class StreamEndpoints:
             raise InvalidCursor(f"{source}: {exc}") from exc
         if reader.exhausted:
             return Response(status_code=204, headers=NO_STORE)
-        return EventSourceResponse(self._frames(reader, pings), ping=0, headers=NO_STORE)
-
-    async def _frames(self, reader: HubReader, pings: bool) -> AsyncIterator[bytes]:
         interval = self.settings.ping_interval if pings else None
+        if framing is not None:
+            return await framing(reader, interval, self._guard)
+        frames = sse_frames(reader, interval, retry_ms=self.retry_ms)
+        return EventSourceResponse(self._guard(reader, frames), ping=0, headers=NO_STORE)
+
+    async def _guard(self, reader: HubReader, frames: AsyncIterator[str]) -> AsyncIterator[bytes]:
         try:
-            async for frame in sse_frames(reader, interval, retry_ms=self.retry_ms):
+            async for frame in frames:
                 yield frame.encode()
         except (*_STORE_ERRORS, ReaderError) as exc:  # type: ignore[misc]  # a tuple of classes
             # The store is unreachable or the hub closed (shutdown): ending the response
