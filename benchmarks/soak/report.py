@@ -1,0 +1,56 @@
+"""The soak's figures as text: faults by kind, runs by ending, exactness, duplicates, hangs,
+and the worst time from a fault to a stored ending."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["render"]
+
+
+def render(summary: dict[str, Any], *, problems: int = 15) -> str:
+    s = summary
+    lines = [
+        f"soak {s['mode']} seed {s['seed']}: {s['runs']} runs, {s['readers']} readers, "
+        f"{sum(s['faults'].values())} faults in {s['seconds']} s "
+        f"({s['create_failures']} run creations refused while faulty)",
+        f"bounds: claimed run {s['bounds']['claimed']:g} s, queued run "
+        f"{s['bounds']['queued']:g} s (settings {s['settings']})",
+        "",
+        "fault          count  runs hit  worst fault->stored ending  (not done)  never ended",
+    ]
+    for kind, row in sorted(s["fault_to_stored_ending"].items()):
+        lines.append(f"{kind:14} {row['faults']:5}  {row['runs_hit']:8}  "
+                     f"{_s(row['worst_s']):>26}  {_s(row['worst_not_done_s']):>10}  "
+                     f"{row['never_ended']:11}")
+    endings = ", ".join(f"{k} {v}" for k, v in sorted(s["runs_by_ending"].items()))
+    done = s["runs_by_ending"].get("done", 0)
+    lines += [
+        "",
+        f"runs by stored ending: {endings}; restarted runs: {s['restarted_runs']}",
+        f"done runs exact: {s['done_exact']} of {done}",
+    ]
+    for item in s["done_inexact"][:problems]:
+        lines.append(f"  inexact {item['run_id']}: {'; '.join(item['why'])[:300]}")
+    for item in s["not_done"][:problems]:
+        lines.append(f"  {item['ending']} {item['run_id']} (attempts {item['attempts']}): "
+                     f"{item['why'][:200]}")
+    lines += [
+        f"readers: {s['connections']} connections, cursor forms {s['cursor_forms']}",
+        f"duplicates {s['duplicates']}, skipped {s['skipped']}, differing {s['different']}, "
+        f"ending disagreements {s['disagreements']}, made-up endings {s['made_up_endings']}, "
+        f"hangs {s['hangs']}",
+        "",
+        f"verdict: {s['verdict'].upper()} ({len(s['problems'])} runs with problems)",
+    ]
+    for item in s["problems"][:problems]:
+        own = "; ".join(item["problems"])
+        readers = "; ".join(f"{r['name'].rsplit('/', 1)[-1]}: {', '.join(r['problems'])}"
+                            for r in item["readers"])
+        lines.append(f"  {item['run_id']}: {own} {('| readers ' + readers) if readers else ''}"
+                     [:400])
+    return "\n".join(lines)
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
