@@ -154,3 +154,11 @@ def test_the_ci_soak_judges_every_run_correct(tmp_path: Path) -> None:
     summary = json.loads(out.read_text())
     assert summary["runs"] >= 3 and sum(summary["faults"].values()) >= 3, done.stdout
     assert summary["verdict"] == "pass", done.stdout
+
+
+def test_a_celery_state_left_streaming_after_the_ending_is_flagged() -> None:
+    run = stored(*(chunk(i) for i in range(5)), end="lost")
+    run.celery_state = "STREAMING"
+    summary = verdict(run, reader_of(run))
+    assert summary["celery_running_after_ending"] == 1
+    assert "Celery state STREAMING after the stored ending" in problems(summary)

@@ -91,6 +91,8 @@ class StoredRun:
     #: ``(seq, fields)`` of every entry, in stream order.
     entries: list[tuple[int, dict[str, str]]]
     meta: dict[str, str]
+    #: The run's task state in Celery's result backend (what Flower shows), if any.
+    celery_state: str | None = None
 
     @property
     def events(self) -> list[Event]:
@@ -243,8 +245,14 @@ def judge_run(run: RunPlan, stored: StoredRun, readers: Sequence[ReaderLog],
     return verdict
 
 
+#: Celery states of a task still running: wrong once the run has its ending.
+RUNNING_STATES = ("STARTED", "STREAMING")
+
+
 def _stored_problems(stored: StoredRun) -> list[str]:
     problems = []
+    if stored.ending is not None and stored.celery_state in RUNNING_STATES:
+        problems.append(f"Celery state {stored.celery_state} after the stored ending")
     seqs = [seq for seq, _ in stored.entries]
     if seqs != list(range(1, len(seqs) + 1)):
         problems.append(f"stored seq ids are not 1..{len(seqs)} once each: {seqs[:20]}")
@@ -346,6 +354,8 @@ def summarize(runs: Sequence[RunPlan], verdicts: Sequence[RunVerdict],
         "disagreements": sum(1 for v in verdicts for r in v.readers
                              if r["ending"] is not None and r["ending"] != v.ending),
         "made_up_endings": sum(1 for r in all_readers if r["made_up"]),
+        "celery_running_after_ending": sum(
+            1 for v in verdicts if v.ending and stored[v.run_id].celery_state in RUNNING_STATES),
         "hangs": sum(1 for r in all_readers if r["hang"]),
         "connections": sum(r["connections"] for r in all_readers),
         "cursor_forms": dict(forms),

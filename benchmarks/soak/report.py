@@ -39,7 +39,8 @@ def render(summary: dict[str, Any], *, problems: int = 15) -> str:
         f"readers: {s['connections']} connections, cursor forms {s['cursor_forms']}",
         f"duplicates {s['duplicates']}, skipped {s['skipped']}, differing {s['different']}, "
         f"ending disagreements {s['disagreements']}, made-up endings {s['made_up_endings']}, "
-        f"hangs {s['hangs']}",
+        f"hangs {s['hangs']}, Celery state still running after the ending "
+        f"{s['celery_running_after_ending']}",
         "",
         f"verdict: {s['verdict'].upper()} ({len(s['problems'])} runs with problems)",
     ]

@@ -6,6 +6,7 @@ judge them.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import time
@@ -22,7 +23,7 @@ from streaming.settings import Settings
 from streaming.wire import RunKeys
 
 from .faults import FaultPlan, Injector
-from .judge import Bounds, RunPlan, StoredRun, judge
+from .judge import RUNNING_STATES, Bounds, RunPlan, StoredRun, judge
 from .procs import AofStore, App, Fleet, Worker, app_child, worker_child
 from .proxy import FaultProxy
 from .readers import BEHAVIOURS, ReaderLog, follow
@@ -148,7 +149,7 @@ async def soak(mode: Mode, seed: int, extra_env: dict[str, str], workdir: Path,
                               state.active)
     began = time.time()
     await _drive(state, app, began + mode.seconds, say)
-    stored = await asyncio.to_thread(read_back, store.port, [r.run_id for r in state.runs])
+    stored = await _settled(state, store.port)
     summary = judge(state.runs, stored, state.readers, state.injector.records, state.bounds)
     summary.update(mode=mode.name, seed=seed, seconds=round(time.time() - began, 1),
                    soak_seconds=mode.seconds, create_failures=state.create_failures,
@@ -157,6 +158,20 @@ async def soak(mode: Mode, seed: int, extra_env: dict[str, str], workdir: Path,
                    fault_list=[f.as_dict() for f in state.injector.records],
                    commands=app.url)
     return summary
+
+
+async def _settled(state: Soak, port: int) -> dict[str, StoredRun]:
+    """The stored runs, read again for up to ``slack`` s while a Celery state lags behind its
+    run's ending (the worker's sweep updates it periodically)."""
+    deadline = time.monotonic() + state.bounds.slack
+    ids = [r.run_id for r in state.runs]
+    while True:
+        stored = await asyncio.to_thread(read_back, port, ids)
+        lagging = [s for s in stored.values()
+                   if s.ending is not None and s.celery_state in RUNNING_STATES]
+        if not lagging or time.monotonic() > deadline:
+            return stored
+        await asyncio.sleep(1.0)
 
 
 async def _drive(state: Soak, app: App, until: float, say: Any) -> None:
@@ -272,4 +287,9 @@ def _stored(client: redis.Redis, run_id: str) -> StoredRun:
                for _, fields in client.xrange(keys.stream)  # type: ignore[union-attr]
                if fields]
     meta = client.hgetall(keys.meta) if client.type(keys.meta) == "hash" else {}
-    return StoredRun(run_id, entries, dict(meta))  # type: ignore[arg-type]
+    raw = client.get(f"celery-task-meta-{run_id}")
+    try:
+        celery_state = json.loads(raw)["status"] if raw else None
+    except (ValueError, KeyError, TypeError):
+        celery_state = "unreadable"
+    return StoredRun(run_id, entries, dict(meta), celery_state)  # type: ignore[arg-type]
