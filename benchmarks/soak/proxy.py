@@ -73,6 +73,8 @@ class FaultProxy:
         try:
             self._loop.run_until_complete(self._serve())
         finally:
+            # A connection task still pending now is abandoned on purpose: no noise about it.
+            self._loop.set_exception_handler(lambda loop, context: None)
             self._loop.close()
 
     async def _serve(self) -> None:
@@ -91,6 +93,8 @@ class FaultProxy:
                 await asyncio.wait(pending, timeout=1.0)
             for task in pending:
                 task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
 
     def _cut(self, seconds: float) -> None:
         self._refuse_until = time.monotonic() + seconds

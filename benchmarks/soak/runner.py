@@ -73,7 +73,7 @@ CI = Mode("ci", 35.0, {"STREAMING_LEASE_TTL": "2", "STREAMING_PRODUCER_TIMEOUT":
           slack=12.0, cover=True)
 FULL = Mode("full", 600.0, {"STREAMING_QUEUE_TIMEOUT": "120"},
             durations=(2.0, 40.0), restart_downtime=(1.0, 10.0), gaps=(3.0, 15.0),
-            chunks=(50, 200), slack=30.0)
+            chunks=(50, 200), slack=30.0, cover=True)
 
 
 @dataclass
@@ -156,8 +156,15 @@ async def soak(mode: Mode, seed: int, extra_env: dict[str, str], workdir: Path,
                    settings=mode.settings | extra_env,
                    worker_restarts=sum(w.restarts for w in workers),
                    fault_list=[f.as_dict() for f in state.injector.records],
-                   commands=app.url)
+                   reader_logs=_logs_of_failed_runs(summary, state.readers))
     return summary
+
+
+def _logs_of_failed_runs(summary: dict[str, Any],
+                         readers: dict[str, list[ReaderLog]]) -> dict[str, Any]:
+    """What every reader of a run with problems got (to see why, from the JSON)."""
+    failed = [item["run_id"] for item in summary["problems"]]
+    return {run_id: [log.as_dict() for log in readers.get(run_id, [])] for run_id in failed}
 
 
 async def _settled(state: Soak, port: int) -> dict[str, StoredRun]:
