@@ -101,6 +101,7 @@ class Injector:
         if not alive:
             return FaultRecord(kind, "-", started, time.time(), "no worker alive")
         worker = self.rng.choice(alive)
+        worker.down_on_purpose = True
         await asyncio.to_thread(worker.child.kill)
         await asyncio.sleep(seconds)
         detail = await self.restart_worker(worker)
@@ -108,6 +109,7 @@ class Injector:
                            f"down {seconds:g} s, {detail}")
 
     async def restart_worker(self, worker: Worker) -> str:
+        worker.down_on_purpose = False
         worker.child.start()
         worker.restarts += 1
         began = time.monotonic()
@@ -174,6 +176,17 @@ class Injector:
         finally:
             await client.aclose()
         return busy
+
+    async def supervise(self, period: float = 1.0) -> None:
+        """Restart a worker that exited on its own, as a process supervisor would (systemd's
+        ``Restart=always``), and record why it exited."""
+        while True:
+            await asyncio.sleep(period)
+            for worker in self.workers:
+                if worker.child.alive or worker.down_on_purpose:
+                    continue
+                worker.exits.append(f"{time.strftime('%H:%M:%S')} {worker.last_error()}")
+                await self.restart_worker(worker)
 
     async def heal(self) -> None:
         """End every fault: ways open, store up, every worker running."""

@@ -154,6 +154,15 @@ class Worker:
     child: Child
     proxy_name: str
     restarts: int = 0
+    #: Killed on purpose by a fault and not restarted yet (the supervisor leaves it alone).
+    down_on_purpose: bool = False
+    #: Times it exited on its own, with the last error line of its log each time.
+    exits: list[str] = field(default_factory=list)
+
+    def last_error(self) -> str:
+        lines = [line for line in self.child.output().splitlines()
+                 if "CRITICAL" in line or "Unrecoverable" in line or "Error" in line[:80]]
+        return lines[-1][:300] if lines else self.child.tail(1)[:300]
 
     def children(self) -> list[int]:
         """Pids of the pool processes (empty if the worker is down)."""

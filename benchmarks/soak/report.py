@@ -41,6 +41,9 @@ def render(summary: dict[str, Any], *, problems: int = 15) -> str:
         f"ending disagreements {s['disagreements']}, made-up endings {s['made_up_endings']}, "
         f"hangs {s['hangs']}, Celery state still running after the ending "
         f"{s['celery_running_after_ending']}",
+        f"workers that exited on their own (restarted as a supervisor would): "
+        f"{sum(map(len, s['worker_exits'].values()))}",
+        *(f"  {name}: {why}" for name, exits in s["worker_exits"].items() for why in exits),
         "",
         f"verdict: {s['verdict'].upper()} ({len(s['problems'])} runs with problems)",
     ]

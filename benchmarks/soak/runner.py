@@ -155,6 +155,7 @@ async def soak(mode: Mode, seed: int, extra_env: dict[str, str], workdir: Path,
                    soak_seconds=mode.seconds, create_failures=state.create_failures,
                    settings=mode.settings | extra_env,
                    worker_restarts=sum(w.restarts for w in workers),
+                   worker_exits={w.child.name: w.exits for w in workers if w.exits},
                    fault_list=[f.as_dict() for f in state.injector.records],
                    reader_logs=_logs_of_failed_runs(summary, state.readers))
     return summary
@@ -184,16 +185,19 @@ async def _settled(state: Soak, port: int) -> dict[str, StoredRun]:
 async def _drive(state: Soak, app: App, until: float, say: Any) -> None:
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
     async with httpx.AsyncClient(base_url=app.url, limits=limits) as client:
+        assert state.injector is not None
+        supervisor = asyncio.create_task(state.injector.supervise())
         creator = asyncio.create_task(_create_runs(state, client, until))
         faulter = asyncio.create_task(_inject(state, until, say))
         await asyncio.wait({creator, faulter}, timeout=until - time.time() + 300)
         for task in (creator, faulter):
             task.cancel()
         await asyncio.gather(creator, faulter, return_exceptions=True)
-        assert state.injector is not None
         say(f"faults over; {len(state.runs)} runs; healing, then waiting for the readers")
         await state.injector.heal()
         await _drain(state)
+        supervisor.cancel()
+        await asyncio.gather(supervisor, return_exceptions=True)
 
 
 async def _drain(state: Soak) -> None:
