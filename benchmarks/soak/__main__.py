@@ -54,6 +54,7 @@ def main(ci: bool, seconds: float | None, seed: int, workers: int | None,
     mode = dataclasses.replace(mode, **changes)
     env = dict(_pair(item) for item in extra)
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
     fleet, proxies = Fleet(), list[FaultProxy]()
     summary: dict[str, Any] | None = None
