@@ -113,8 +113,11 @@ def bounds_of(env: dict[str, str], slack: float) -> Bounds:
     settings = Settings.from_env(env)
     # Before the lifecycle work, producer_timeout "covers a queued run" too.
     queue_timeout = getattr(settings, "queue_timeout", None) or settings.producer_timeout
+    # Whoever writes an overdue run's ending comes by within a reader's liveness check or a
+    # worker's sweep (WORKER_SWEEP_INTERVAL, 5 s by default, where the worker has one).
+    sweep = float(env.get("WORKER_SWEEP_INTERVAL", "5"))
     return Bounds(settings.lease_ttl, settings.producer_timeout, float(queue_timeout),
-                  slack + settings.liveness_interval)
+                  slack + max(settings.liveness_interval, sweep))
 
 
 async def soak(mode: Mode, seed: int, extra_env: dict[str, str], workdir: Path,
