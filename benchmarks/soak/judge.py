@@ -346,7 +346,8 @@ def summarize(runs: Sequence[RunPlan], verdicts: Sequence[RunVerdict],
         "done_exact": sum(1 for v in done if v.exact),
         "done_inexact": [{"run_id": v.run_id, "why": v.problems} for v in done if not v.exact],
         "not_done": [{"run_id": v.run_id, "ending": v.ending, "why": v.message or "no ending",
-                      "attempts": v.attempts} for v in verdicts if v.ending != "done"],
+                      "attempts": v.attempts, "hit_by": _hits(run, stored[v.run_id], faults)}
+                     for run, v in zip(runs, verdicts, strict=True) if v.ending != "done"],
         "restarted_runs": sum(1 for v in verdicts if v.restarts),
         "duplicates": sum(r["duplicates"] for r in all_readers),
         "skipped": sum(r["skipped"] for r in all_readers),
@@ -398,6 +399,12 @@ def fault_times(runs: Sequence[RunPlan], stored: dict[str, StoredRun],
             if one.ending != "done":
                 row["worst_not_done_s"] = max(row["worst_not_done_s"] or 0.0, delay)
     return dict(table)
+
+
+def _hits(run: RunPlan, stored: StoredRun, faults: Sequence[FaultRecord]) -> list[str]:
+    """The faults that hit ``run``, each with when it started after the run was created."""
+    return [f"{f.kind} at +{f.started - run.created:.0f} s ({f.detail})" for f in faults
+            if _hit(f, run, stored)]
 
 
 def _hit(fault: FaultRecord, run: RunPlan, stored: StoredRun) -> bool:

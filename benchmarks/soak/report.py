@@ -34,7 +34,7 @@ def render(summary: dict[str, Any], *, problems: int = 15) -> str:
         lines.append(f"  inexact {item['run_id']}: {'; '.join(item['why'])[:300]}")
     for item in s["not_done"][:problems]:
         lines.append(f"  {item['ending']} {item['run_id']} (attempts {item['attempts']}): "
-                     f"{item['why'][:200]}")
+                     f"{item['why'][:200]}; hit by {', '.join(item['hit_by']) or 'no fault'}")
     lines += [
         f"readers: {s['connections']} connections, cursor forms {s['cursor_forms']}",
         f"duplicates {s['duplicates']}, skipped {s['skipped']}, differing {s['different']}, "
