@@ -280,7 +280,8 @@ def _judge_reader(run: RunPlan, stored: StoredRun, by_seq: dict[int, str], log: 
             "made_up": made_up, "hang": hang, "connections": log.connections,
             "forms": dict(log.forms), "drops": log.drops,
             "seconds_to_ending": (log.ended_at - run.created) if log.ended_at else None,
-            "problems": problems, **counts}
+            "problems": problems, "anomalies": log.anomalies[:5],
+            "anomaly_count": len(log.anomalies), **counts}
 
 
 def _sequence(log: ReaderLog, by_seq: dict[int, str]) -> dict[str, int]:
@@ -359,6 +360,9 @@ def summarize(runs: Sequence[RunPlan], verdicts: Sequence[RunVerdict],
             1 for v in verdicts if v.ending and stored[v.run_id].celery_state in RUNNING_STATES),
         "hangs": sum(1 for r in all_readers if r["hang"]),
         "connections": sum(r["connections"] for r in all_readers),
+        "readers_by_kind": dict(Counter(r["behaviour"] for r in all_readers)),
+        "anomalies": sum(r["anomaly_count"] for r in all_readers),
+        "anomaly_examples": [a for r in all_readers for a in r["anomalies"]][:5],
         "cursor_forms": dict(forms),
         "fault_to_stored_ending": fault_times(runs, stored, faults),
         "bounds": {"claimed": bounds.claimed, "queued": bounds.queued},

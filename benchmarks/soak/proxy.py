@@ -84,17 +84,16 @@ class FaultProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = int(self._server.sockets[0].getsockname()[1])
         self._ready.set()
-        async with self._server:
-            await self._stop.wait()
-            self._close_all()
-            # Aborted connections end their tasks; give them a moment, then cancel the rest.
-            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
+        await self._stop.wait()
+        self._server.close()  # no new connection from here on
+        self._close_all()
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=THREAD_TIMEOUT / 2)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._server.wait_closed(), 2.0)
 
     def _cut(self, seconds: float) -> None:
         self._refuse_until = time.monotonic() + seconds

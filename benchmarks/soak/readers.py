@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import random
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["FORMS", "Behaviour", "ReaderLog", "Received", "follow", "terminal_kind"]
+__all__ = ["FORMS", "Behaviour", "ReaderLog", "Received", "follow", "tail", "terminal_kind"]
 
 #: How a reconnecting reader gives its cursor.
 FORMS = ("last_event_id_header", "last_event_id_query", "starting_after_query", "post_body")
@@ -198,3 +199,63 @@ def _take(log: ReaderLog, fields: dict[str, list[str]]) -> None:
     kind = terminal_kind(event, data)
     if kind is not None:
         log.ending, log.ending_seq, log.ended_at = kind, seq, now
+
+
+async def tail(redis_url: str, env: dict[str, str], run_id: str, log: ReaderLog,
+               give_up: Callable[[], float]) -> None:
+    """Follow ``run_id`` with ``python -m streaming tail --json`` (the sync reader, straight
+    from the store through ``redis_url``) until its ending or wall time ``give_up()``.
+
+    A ``tail`` that exits without the ending (the store was unreachable too long) is run
+    again from its cursor, as a user's retry loop would; each such exit is an anomaly.
+    """
+    while log.ending is None:
+        if time.time() >= give_up():
+            log.gave_up_at = time.time()
+            return
+        code, error = await _tail_once(redis_url, env, run_id, log, give_up)
+        if log.ending is None and code is not None:
+            log.anomalies.append(f"tail exited {code} without an ending: "
+                                 f"{error.strip()[-200:]}")
+            await asyncio.sleep(1.0)
+
+
+async def _tail_once(redis_url: str, env: dict[str, str], run_id: str, log: ReaderLog,
+                     give_up: Callable[[], float]) -> tuple[int | None, str]:
+    log.connections += 1
+    log.forms["cli"] += 1
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streaming", "tail", run_id, "--json", "--redis-url", redis_url,
+        "--starting-after", str(log.cursor), env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+        start_new_session=True)
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        async with asyncio.timeout(max(give_up() - time.time(), 0.1)):
+            async for line in process.stdout:
+                _take_json(log, line)
+            error = (await process.stderr.read()).decode(errors="replace")
+            code = await process.wait()
+            log.statuses[code] += 1
+            return code, error
+    except TimeoutError:
+        return None, ""
+    finally:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), 5.0)
+
+
+def _take_json(log: ReaderLog, line: bytes) -> None:
+    try:
+        item = json.loads(line)
+    except ValueError:
+        log.anomalies.append(f"not JSON: {line[:100]!r}")
+        return
+    now = time.time()
+    log.events.append(Received(item.get("seq"), item.get("event", "message"),
+                               item.get("data", ""), now))
+    if item.get("terminal"):
+        log.ending, log.ending_seq, log.ended_at = item["terminal"], item.get("seq"), now

@@ -36,7 +36,10 @@ def render(summary: dict[str, Any], *, problems: int = 15) -> str:
         lines.append(f"  {item['ending']} {item['run_id']} (attempts {item['attempts']}): "
                      f"{item['why'][:200]}; hit by {', '.join(item['hit_by']) or 'no fault'}")
     lines += [
-        f"readers: {s['connections']} connections, cursor forms {s['cursor_forms']}",
+        f"readers {s['readers_by_kind']}: {s['connections']} connections, cursor forms "
+        f"{s['cursor_forms']}; anomalies (HTTP errors, 204 before the ending, tail exits "
+        f"without one) {s['anomalies']}",
+        *(f"  {example[:200]}" for example in s["anomaly_examples"]),
         f"duplicates {s['duplicates']}, skipped {s['skipped']}, differing {s['different']}, "
         f"ending disagreements {s['disagreements']}, made-up endings {s['made_up_endings']}, "
         f"hangs {s['hangs']}, Celery state still running after the ending "

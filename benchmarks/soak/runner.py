@@ -26,7 +26,7 @@ from .faults import FaultPlan, Injector
 from .judge import RUNNING_STATES, Bounds, RunPlan, StoredRun, judge
 from .procs import AofStore, App, Fleet, Worker, app_child, worker_child
 from .proxy import FaultProxy
-from .readers import BEHAVIOURS, ReaderLog, follow
+from .readers import BEHAVIOURS, ReaderLog, follow, tail
 
 __all__ = ["Mode", "soak"]
 
@@ -38,6 +38,8 @@ WORDS = ("stream", "chunk", "worker", "redis", "celery", "resume", "cursor", "le
 READY_TIMEOUT = 120.0
 CREATE_TIMEOUT = 20.0
 READ_BACK_TIMEOUT = 60.0
+#: Share of readers that are ``python -m streaming tail`` processes instead of SSE clients.
+CLI_SHARE = 0.15
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,10 @@ class Soak:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     create_failures: int = 0
     injector: Injector | None = None
+    #: What a ``python -m streaming tail`` reader runs with: the env, and the store's URL
+    #: through the app's proxy (it reads from the web side of the system).
+    tail_env: dict[str, str] = field(default_factory=dict)
+    tail_url: str = ""
 
     def give_up(self, run: RunPlan) -> float:
         """When a reader of ``run`` stops waiting: past every bound the judge may use."""
@@ -148,6 +154,7 @@ async def soak(mode: Mode, seed: int, extra_env: dict[str, str], workdir: Path,
     await asyncio.to_thread(app.wait_ready, READY_TIMEOUT)
     say(f"store :{store.port} (AOF in {store.directory}), {mode.workers} prefork workers "
         f"(-c {mode.concurrency}), app {app.url}; settings {mode.settings | extra_env}")
+    state.tail_env, state.tail_url = env, ways["app"].url
     state.injector = Injector(store, workers, ways, random.Random(f"{seed}-faults"),
                               state.active)
     began = time.time()
@@ -256,10 +263,14 @@ async def _create_one(state: Soak, client: httpx.AsyncClient, rng: random.Random
     logs = state.readers.setdefault(run.run_id, [])
     for i in range(rng.randint(1, 3)):
         behaviour = rng.choice(BEHAVIOURS)
-        log = ReaderLog(run.run_id, f"{run.run_id}/{i}", behaviour.name)
+        cli = rng.random() < CLI_SHARE
+        log = ReaderLog(run.run_id, f"{run.run_id}/{i}", "cli" if cli else behaviour.name)
         logs.append(log)
         delay = rng.uniform(0, run.duration / 2) if i else 0.0
         reader_rng = random.Random(rng.random())
+        if cli:
+            state.tasks.append(asyncio.create_task(_tail(state, run, log, delay)))
+            continue
         state.tasks.append(asyncio.create_task(_reader(
             state, client, run, body["token"], log, behaviour, reader_rng, delay)))
 
@@ -270,6 +281,11 @@ async def _reader(state: Soak, client: httpx.AsyncClient, run: RunPlan, token: s
     read_timeout = float(state.mode.settings.get("STREAMING_PING_INTERVAL", "15")) * 2 + 10
     await follow(client, run.run_id, token, log, behaviour, rng, lambda: state.give_up(run),
                  read_timeout)
+
+
+async def _tail(state: Soak, run: RunPlan, log: ReaderLog, delay: float) -> None:
+    await asyncio.sleep(delay)
+    await tail(state.tail_url, state.tail_env, run.run_id, log, lambda: state.give_up(run))
 
 
 def _text(rng: random.Random, length: int) -> str:
