@@ -162,3 +162,46 @@ def test_a_celery_state_left_streaming_after_the_ending_is_flagged() -> None:
     summary = verdict(run, reader_of(run))
     assert summary["celery_running_after_ending"] == 1
     assert "Celery state STREAMING after the stored ending" in problems(summary)
+
+
+def test_the_fault_proxy_forwards_stalls_and_cuts() -> None:
+    import socket
+    import threading
+    import time
+
+    from benchmarks.soak.proxy import FaultProxy
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def echo() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=lambda c=conn: [c.sendall(d) for d in iter(
+                lambda: c.recv(1024), b"")], daemon=True).start()
+
+    threading.Thread(target=echo, daemon=True).start()
+    proxy = FaultProxy(server.getsockname()[1], "test").start()
+    try:
+        conn = socket.create_connection(("127.0.0.1", proxy.port), timeout=2)
+        conn.sendall(b"one")
+        assert conn.recv(16) == b"one"
+        proxy.stall(1.5)
+        time.sleep(0.2)
+        began = time.monotonic()
+        conn.sendall(b"two")
+        assert conn.recv(16) == b"two"
+        assert time.monotonic() - began > 1.0, "the stall let bytes through"
+        proxy.cut(1.0)
+        assert conn.recv(16) == b"", "the cut left the connection open"
+        refused = socket.create_connection(("127.0.0.1", proxy.port), timeout=2)
+        assert refused.recv(16) == b"", "a connection during the cut was served"
+        time.sleep(1.2)
+        again = socket.create_connection(("127.0.0.1", proxy.port), timeout=2)
+        again.sendall(b"three")
+        assert again.recv(16) == b"three"
+    finally:
+        proxy.close()
+        server.close()
