@@ -365,6 +365,7 @@ def summarize(runs: Sequence[RunPlan], verdicts: Sequence[RunVerdict],
         "anomaly_examples": [a for r in all_readers for a in r["anomalies"]][:5],
         "cursor_forms": dict(forms),
         "fault_to_stored_ending": fault_times(runs, stored, faults),
+        "worst_reader_spread": _worst_spread(verdicts),
         "bounds": {"claimed": bounds.claimed, "queued": bounds.queued},
         "problems": [{"run_id": v.run_id, "problems": v.problems,
                       "readers": [{"name": r["name"], "problems": r["problems"]}
@@ -378,6 +379,22 @@ def summarize(runs: Sequence[RunPlan], verdicts: Sequence[RunVerdict],
          "deadline_s": round(v.deadline - run.created, 1), "readers": v.readers}
         for run, v in zip(runs, verdicts, strict=True)]
     return summary
+
+
+def _worst_spread(verdicts: Sequence[RunVerdict]) -> dict[str, Any] | None:
+    """The run whose readers got its ending furthest apart (a reader that reconnects often
+    must learn the outcome no later than one that holds its connection)."""
+    worst: dict[str, Any] | None = None
+    for v in verdicts:
+        ended = [(r["seconds_to_ending"], r["behaviour"]) for r in v.readers
+                 if r["seconds_to_ending"] is not None]
+        if len(ended) < 2:
+            continue
+        (first, early), (last, late) = min(ended), max(ended)
+        if worst is None or last - first > worst["seconds"]:
+            worst = {"run_id": v.run_id, "ending": v.ending, "seconds": round(last - first, 1),
+                     "first": early, "last": late}
+    return worst
 
 
 def fault_times(runs: Sequence[RunPlan], stored: dict[str, StoredRun],

@@ -40,6 +40,7 @@ def render(summary: dict[str, Any], *, problems: int = 15) -> str:
         f"{s['cursor_forms']}; anomalies (HTTP errors, 204 before the ending, tail exits "
         f"without one) {s['anomalies']}",
         *(f"  {example[:200]}" for example in s["anomaly_examples"]),
+        f"readers of one run furthest apart in getting its ending: {s['worst_reader_spread']}",
         f"duplicates {s['duplicates']}, skipped {s['skipped']}, differing {s['different']}, "
         f"ending disagreements {s['disagreements']}, made-up endings {s['made_up_endings']}, "
         f"hangs {s['hangs']}, Celery state still running after the ending "
