@@ -35,7 +35,13 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
 
 from streaming.control import cancel_reason
-from streaming.errors import FencedError, RunBusyError, RunClosedError, StoreUnavailableError
+from streaming.errors import (
+    BufferFullError,
+    FencedError,
+    RunBusyError,
+    RunClosedError,
+    StoreUnavailableError,
+)
 from streaming.wire import Terminal
 from streaming.writer import RunWriter
 from worker.states import follow_ending
@@ -56,6 +62,8 @@ logger = logging.getLogger(__name__)
 STREAMING = "STREAMING"
 #: After a progress report or cancel-flag read failed, seconds before the next try.
 STORE_BACKOFF = 5.0
+#: How long the ending of a run whose store stayed away past its deadline is waited for.
+UNSTORED_WAIT = 0.5
 
 
 def execute(task: Task, run_id: str, generator: str, params: object) -> dict[str, Any]:
@@ -70,9 +78,17 @@ def execute(task: Task, run_id: str, generator: str, params: object) -> dict[str
         return {"run_id": run_id, "ending": "busy"}
     except RunClosedError:
         logger.info("run %s has already ended; this delivery writes nothing", run_id)
-        follow_ending(task.app, task.app.redis, config.streaming, run_id, task.request.id)
+        _follow_ending(task, config, run_id)
         raise Ignore() from None
     return Attempt(task, config, run).run(generator, params)
+
+
+def _follow_ending(task: Task, config: WorkerConfig, run_id: str) -> None:
+    """Give the task the Celery state of the run's stored ending (unless it has a final one)."""
+    try:
+        follow_ending(task.app, task.app.redis, config.streaming, run_id, task.request.id)
+    except (OperationalError, redis.RedisError, OSError) as exc:  # the sweep tries again
+        logger.warning("could not set the Celery state of ended run %s: %s", run_id, exc)
 
 
 def _lookup(generator: str) -> GeneratorSpec | None:
@@ -156,17 +172,21 @@ class Attempt:
         message = str(exc) or type(exc).__name__
         if self.config.send_tracebacks and not isinstance(exc, RunRefused):
             message += "\n" + "".join(traceback.format_exception(exc))
+        # The store has been away past its deadline already: no point waiting for it again.
+        wait = UNSTORED_WAIT if isinstance(exc, StoreUnavailableError) else None
         try:
-            self._end(Terminal.ERROR, message, type(exc).__name__)
-        except StoreUnavailableError as unstored:  # the task fails with ``exc`` all the same
+            self._end(Terminal.ERROR, message, type(exc).__name__, wait)
+        except (StoreUnavailableError, BufferFullError) as unstored:  # the task fails with exc
             logger.warning("run %s: its ending is not stored yet (%s); the writer stores it "
                            "when the store is back", self.run_writer.run_id, unstored)
 
-    def _end(self, kind: Terminal, message: str = "", type: str | None = None) -> dict[str, Any]:
-        """Write the run's ending and wait until every chunk is stored (during an outage, at
-        most ``unavailable_timeout``: the ending stays buffered and is stored once it is back)."""
-        self.summary.last_seq = self.run_writer.finish(
-            kind, message, type=type, timeout=self.config.streaming.unavailable_timeout)
+    def _end(self, kind: Terminal, message: str = "", type: str | None = None,
+             wait: float | None = None) -> dict[str, Any]:
+        """Write the run's ending and wait until every chunk is stored: at most ``wait`` s
+        (default ``unavailable_timeout``); the ending stays buffered and is stored once the
+        store is back."""
+        wait = self.config.streaming.unavailable_timeout if wait is None else wait
+        self.summary.last_seq = self.run_writer.finish(kind, message, type=type, timeout=wait)
         self.summary.ending = kind.value
         return self.summary.as_dict()
 

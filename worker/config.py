@@ -37,6 +37,7 @@ ENVIRONMENT = {
     "store_retries": "WORKER_STORE_RETRIES",
     "send_tracebacks": "WORKER_SEND_TRACEBACKS",
     "generator_modules": "WORKER_GENERATOR_MODULES",
+    "params_schema": "WORKER_PARAMS_SCHEMA",
     "openai_base_url": "OPENAI_BASE_URL",
     "openai_model": "OPENAI_MODEL",
     "openai_api_key": "OPENAI_API_KEY",
@@ -83,6 +84,10 @@ class WorkerConfig:
     send_tracebacks: bool = False
     #: Extra modules, comma separated, whose generators are registered at worker start.
     generator_modules: tuple[str, ...] = ()
+    #: JSON Schema file of the generators' params (``python -m tasks.schemas``): processes
+    #: that start runs check params against it before enqueueing. Default: the built-in
+    #: generators' file, unless ``generator_modules`` adds generators it does not know.
+    params_schema: str | None = None
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
     openai_api_key: str | None = field(default=None, repr=False)

@@ -12,7 +12,8 @@ that matches the stored ending for a task whose state is not final yet (``PENDIN
   ending's kind and message.
 
 A final state is never replaced: what the task itself stored stays. The task id of a run is its
-run id (``tasks.api.Runs.start``).
+run id (``tasks.api.Runs.start``). The matching task event (``task-failed``, ``task-revoked``,
+``task-succeeded``) is sent too: Flower builds its view from events, not from the backend.
 """
 
 from __future__ import annotations
@@ -81,8 +82,22 @@ def follow_ending(app: Celery, client: SyncClient, settings: Settings, run_id: s
     kind, message, last_seq = ending
     state, value = _celery_state(run_id, kind, message, last_seq)
     app.backend.store_result(task_id, value, state)
+    _announce(app, task_id, state, value)
     logger.info("run %s ended %s: its task's state is now %s", run_id, kind.value, state)
     return True
+
+
+def _announce(app: Celery, task_id: str, state: str, value: Any) -> None:
+    """Send the task event of ``state`` (best effort: the backend holds the truth)."""
+    fields: dict[str, Any] = {"uuid": task_id}
+    if state == states.SUCCESS:
+        kind, fields["result"], fields["runtime"] = "task-succeeded", repr(value), 0.0
+    elif state == states.REVOKED:
+        kind, fields["terminated"], fields["expired"] = "task-revoked", False, False
+    else:
+        kind, fields["exception"], fields["traceback"] = "task-failed", repr(value), ""
+    with app.events.default_dispatcher() as dispatcher:
+        dispatcher.send(kind, retry=False, **fields)
 
 
 def _celery_state(run_id: str, kind: Terminal, message: str, last_seq: int) -> tuple[str, Any]:

@@ -157,7 +157,8 @@ def test_finding_6_a_store_outage_bounds_the_task_when_it_is_also_broker_and_bac
         worker.wait_for_log(f"run {run_id} stopped: the store stayed unreachable", 40)
         took = time.monotonic() - broken
         print(f"store {fault}: the task gave up after {took:.1f} s (unavailable_timeout 3 s)")
-        assert took < 3 + 2 * 3 + 10, "the task was held well past unavailable_timeout"
+        # unavailable_timeout, then a few socket timeouts (a report, a result write).
+        assert took < 3 + 4 * 1 + SLACK, "the task was held well past unavailable_timeout"
         proxy.stall.clear()
         proxy.set_refuse(False)
         back = time.monotonic()
