@@ -13,7 +13,8 @@ def render(summary: dict[str, Any], *, problems: int = 15) -> str:
     lines = [
         f"soak {s['mode']} seed {s['seed']}: {s['runs']} runs, {s['readers']} readers, "
         f"{sum(s['faults'].values())} faults in {s['seconds']} s "
-        f"({s['create_failures']} run creations refused while faulty)",
+        f"({s['create_failures']} run creations refused while faulty"
+        + (f": {s['create_errors']}" if s["create_errors"] else "") + ")",
         f"bounds: claimed run {s['bounds']['claimed']:g} s, queued run "
         f"{s['bounds']['queued']:g} s (settings {s['settings']})",
         "",

@@ -11,6 +11,7 @@ import os
 import random
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import redis
 from redis.exceptions import RedisError
 
 from streaming.settings import Settings
+from streaming.web import SESSION_COOKIE
 from streaming.wire import RunKeys
 
 from .faults import FaultPlan, Injector
@@ -87,6 +89,8 @@ class Soak:
     readers: dict[str, list[ReaderLog]] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     create_failures: int = 0
+    #: Why run creations were refused: HTTP status and body, or the client's error.
+    create_errors: Counter[str] = field(default_factory=Counter)
     injector: Injector | None = None
     #: What a ``python -m streaming tail`` reader runs with: the env, and the store's URL
     #: through the app's proxy (it reads from the web side of the system).
@@ -100,6 +104,10 @@ class Soak:
         if self.injector.ongoing is not None:
             latest = max(latest, time.time())
         return latest + max(self.bounds.claimed, self.bounds.queued) + run.duration + 10.0
+
+    def refused(self, why: str) -> None:
+        self.create_failures += 1
+        self.create_errors[why] += 1
 
     def active(self) -> list[str]:
         return [run.run_id for run in self.runs
@@ -161,8 +169,14 @@ async def soak(mode: Mode, seed: int, extra_env: dict[str, str], workdir: Path,
     await _drive(state, app, began + mode.seconds, say)
     stored = await _settled(state, store.port)
     summary = judge(state.runs, stored, state.readers, state.injector.records, state.bounds)
+    if not state.runs or not state.injector.records:  # a soak that tested nothing fails
+        summary["problems"].append({"run_id": "-", "readers": [], "problems": [
+            f"{len(state.runs)} runs and {len(state.injector.records)} faults: nothing judged; "
+            f"creations refused: {dict(state.create_errors.most_common(3))}"]})
+        summary["verdict"] = "fail"
     summary.update(mode=mode.name, seed=seed, seconds=round(time.time() - began, 1),
                    soak_seconds=mode.seconds, create_failures=state.create_failures,
+                   create_errors=dict(state.create_errors.most_common(5)),
                    settings=mode.settings | extra_env,
                    worker_restarts=sum(w.restarts for w in workers),
                    worker_exits={w.child.name: w.exits for w in workers if w.exits},
@@ -248,14 +262,15 @@ async def _create_one(state: Soak, client: httpx.AsyncClient, rng: random.Random
     text = _text(rng, pieces * mode.chunk_size - rng.randrange(mode.chunk_size))
     created = time.time()
     try:
+        headers = await _session(client)
         response = await client.post("/runs", json={"text": text, "rate": mode.rate,
                                                     "chunk_size": mode.chunk_size},
-                                     timeout=CREATE_TIMEOUT)
-    except httpx.HTTPError:
-        state.create_failures += 1
+                                     headers=headers, timeout=CREATE_TIMEOUT)
+    except httpx.HTTPError as exc:
+        state.refused(type(exc).__name__)
         return
     if response.status_code != 201:
-        state.create_failures += 1
+        state.refused(f"{response.status_code} {response.text[:120]}")
         return
     body = response.json()
     run = RunPlan(body["run_id"], text, mode.chunk_size, mode.rate, created)
@@ -273,6 +288,15 @@ async def _create_one(state: Soak, client: httpx.AsyncClient, rng: random.Random
             continue
         state.tasks.append(asyncio.create_task(_reader(
             state, client, run, body["token"], log, behaviour, reader_rng, delay)))
+
+
+async def _session(client: httpx.AsyncClient) -> dict[str, str]:
+    """A new page session's ``create`` token, as a user who opens the page gets it (each run
+    its own user, so the app's per-session rate limit is not what is measured)."""
+    page = await client.get("/", timeout=CREATE_TIMEOUT)
+    token = page.cookies.get(SESSION_COOKIE)
+    client.cookies.clear()  # the soak sends its tokens itself
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 async def _reader(state: Soak, client: httpx.AsyncClient, run: RunPlan, token: str,
