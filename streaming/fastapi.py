@@ -16,8 +16,8 @@ Routes: ``GET /runs/{run_id}/stream`` (SSE; cursor from ``Last-Event-ID``, else
 reading needs a read token (``STREAMING_TOKEN_SECRET``; ``streams.issue_token(run_id)``).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the routes' annotations at run time,
+# and they name a type made inside a method.
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
