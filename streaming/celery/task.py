@@ -32,7 +32,7 @@ import inspect
 import logging
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import redis
@@ -92,6 +92,12 @@ class StreamingTask(Task):  # type: ignore[misc]
             task_id = validate_run_id(task_id) if task_id else _new_id()
             streaming_of(self.app).mark_pending(task_id)
         return super().apply_async(args, kwargs, task_id=task_id, **options)
+
+    def retry_stream(self, exc: Exception) -> Mapping[str, Any] | None:
+        """Options for ``self.retry()`` if the body's error ``exc`` should be retried (the run
+        goes on after ``restarted``), else None. Besides this hook, Celery's ``autoretry_for``
+        works as usual; override it for decisions that depend on the call's arguments."""
+        return None
 
     def option(self, name: str) -> Any:
         """This task's value of a streaming option, else the app's."""
@@ -207,12 +213,16 @@ class Attempt:
                      or self.task.app.conf.task_soft_time_limit or 0)
 
     def _fail(self, exc: Exception) -> None:
-        if _will_retry(self.task, exc):
+        retry = self.task.retry_stream(exc)
+        if retry is not None or _will_retry(self.task, exc):
             logger.warning("run %s: %r, retrying", self.run_writer.run_id, exc)
             self.run_writer.release()
-            return
+            if retry is not None:
+                raise self.task.retry(exc=exc, **retry)
+            return  # Celery's autoretry_for wrapper retries it
         message = str(exc) or type(exc).__name__
-        if self.task.option("send_tracebacks"):
+        expected = isinstance(exc, tuple(self.task.throws or ()))
+        if self.task.option("send_tracebacks") and not expected:
             message += "\n" + "".join(traceback.format_exception(exc))
         self._end(Terminal.ERROR, message, type(exc).__name__)
 

@@ -47,6 +47,23 @@ def plain(x: int) -> int:
     return x * 2
 
 
+class Choosy(StreamingTask):
+    """A class-based streaming task that retries depending on its arguments."""
+
+    name = "public.choosy"
+
+    def run(self, transient: bool):
+        yield {"attempt": self.stream.attempt}
+        if self.stream.attempt == 1:
+            raise ConnectionError("upstream down")
+
+    def retry_stream(self, exc):
+        return {"countdown": 0} if self.request.kwargs.get("transient") else None
+
+
+choosy = app.register_task(Choosy())
+
+
 @pytest.fixture
 def streaming_app() -> Celery:
     return app
@@ -121,3 +138,12 @@ def test_a_cancel_stops_the_run_between_chunks(streaming_worker, streaming_runs)
     assert streaming_runs.runs.cancel(run_id, "enough")
     run = streaming_runs.collect(run_id)
     assert run.ending == "cancelled" and len(run.chunks) < 200
+
+
+@pytest.mark.parametrize(("transient", "ending", "attempts"), [(True, "done", [1, 2]),
+                                                               (False, "error", [1])])
+def test_retry_stream_decides_from_the_calls_arguments(streaming_worker, streaming_runs,
+                                                      transient, ending, attempts):
+    run = streaming_runs.run("public.choosy", transient=transient)
+    assert run.ending == ending
+    assert [item["attempt"] for item in run.data() if "attempt" in item] == attempts
