@@ -124,6 +124,18 @@ def test_a_killed_child_restarts_the_run_in_another(alice, project):
     assert events[-1][1:] == ("message", "[DONE]")
 
 
+def test_a_killed_child_without_requeue_ends_the_run_lost(alice, project):
+    run_id = start(alice, "chat.once", text="x" * 200, delay=0.05)
+    first = read(alice, run_id, limit=3)
+    _, info = _progress(project, run_id)
+    os.kill(info["worker_pid"], signal.SIGKILL)
+    started = time.monotonic()
+    rest = read(alice, run_id, last_event_id=first[-1][0])
+    assert rest[-1][1] == "error" and json.loads(rest[-1][2])["error"]["kind"] == "lost"
+    assert "restarted" not in [name for _, name, _ in first + rest]
+    assert time.monotonic() - started < 30  # written by the worker's main process
+
+
 def _progress(project: Project, run_id: str) -> tuple[str, dict]:
     app = results(project)
     deadline = time.monotonic() + 30

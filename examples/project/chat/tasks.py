@@ -56,6 +56,15 @@ def flaky(self, failures: int):
     yield {"text": "done"}
 
 
+@shared_task(base=StreamingTask, name="chat.once", reject_on_worker_lost=False)
+def once(text: str, delay: float = 0.05):
+    """A run that must not be repeated (say it has side effects): if its process dies, the
+    message is not requeued and the worker ends the run ``lost``."""
+    for char in text:
+        time.sleep(delay)
+        yield {"text": char}
+
+
 @shared_task(name="chat.add")
 def add(x: int, y: int) -> int:
     """A plain task: streaming leaves it as Celery made it."""

@@ -11,7 +11,7 @@ from streaming.celery import Runs
 
 runs = Runs(app)
 #: The tasks a user may start from the web: names only, no task code is imported here.
-STREAMING_TASKS = ("chat.echo", "chat.answer", "chat.summarize", "chat.flaky")
+STREAMING_TASKS = ("chat.echo", "chat.answer", "chat.summarize", "chat.flaky", "chat.once")
 
 
 @login_required
