@@ -37,10 +37,11 @@ def connect(streaming: Streaming, uid: str) -> None:
     """Write the endings of ``streaming.app``'s runs whose process was lost, killed or revoked."""
 
     def failure(sender: Any = None, task_id: Any = None, exception: object = None,
-                **_: Any) -> None:
+                args: Any = None, kwargs: Any = None, **_: Any) -> None:
         if _ours(streaming, sender) and isinstance(exception, WorkerLostError | TimeLimitExceeded):
             kind = Terminal.TIMEOUT if isinstance(exception, TimeLimitExceeded) else Terminal.LOST
-            end_run(streaming, task_id, kind, _describe(exception))
+            end_run(streaming, _run_id(sender, task_id, args, kwargs), kind,
+                    _describe(exception))
 
     def revoked(sender: Any = None, request: Any = None, terminated: bool = False,
                 expired: bool = False, **_: Any) -> None:
@@ -48,7 +49,9 @@ def connect(streaming: Streaming, uid: str) -> None:
             kind = Terminal.TIMEOUT if expired else Terminal.CANCELLED
             reason = "expired before it started" if expired else (
                 "terminated" if terminated else "revoked")
-            end_run(streaming, getattr(request, "id", None), kind, reason)
+            run_id = _run_id(sender, getattr(request, "id", None), getattr(request, "args", None),
+                             getattr(request, "kwargs", None))
+            end_run(streaming, run_id, kind, reason)
 
     signals.task_failure.connect(failure, weak=False, dispatch_uid=uid)
     signals.task_revoked.connect(revoked, weak=False, dispatch_uid=uid)
@@ -58,6 +61,13 @@ def _ours(streaming: Streaming, task: Any) -> bool:
     from .task import StreamingTask
 
     return isinstance(task, StreamingTask) and task.app is streaming.app
+
+
+def _run_id(task: Any, task_id: Any, args: Any, kwargs: Any) -> str | None:
+    if not isinstance(task_id, str):
+        return None
+    run_id = task.run_id_for(task_id, args or (), kwargs if isinstance(kwargs, dict) else {})
+    return run_id if isinstance(run_id, str) else None
 
 
 def _describe(exception: object) -> str:

@@ -90,8 +90,14 @@ class StreamingTask(Task):  # type: ignore[misc]
         may attach at once. The result's id is the run id."""
         if not (task_id and task_id == self.request.id):  # a retry re-sends a queued run
             task_id = validate_run_id(task_id) if task_id else _new_id()
-            streaming_of(self.app).mark_pending(task_id)
+            run_id = self.run_id_for(task_id, args or (), kwargs or {})
+            streaming_of(self.app).mark_pending(validate_run_id(run_id))
         return super().apply_async(args, kwargs, task_id=task_id, **options)
+
+    def run_id_for(self, task_id: str, args: Any, kwargs: Any) -> str:
+        """The run a call of this task writes: its task id. A task whose callers pick the
+        run id (an argument) overrides this; the worker's endings use it too."""
+        return task_id
 
     def retry_stream(self, exc: Exception) -> Mapping[str, Any] | None:
         """Options for ``self.retry()`` if the body's error ``exc`` should be retried (the run
@@ -132,7 +138,8 @@ def _streamed(run: Any) -> Callable[..., Any]:
 def execute(task: StreamingTask, body: Callable[[], Any]) -> Any:
     """One attempt of the run ``task.request.id``: claim it, run ``body``, end it."""
     streaming = streaming_of(task.app)
-    run_id = validate_run_id(task.request.id)
+    request = task.request
+    run_id = validate_run_id(task.run_id_for(request.id, request.args, request.kwargs))
     try:
         run = streaming.writer().open(run_id, wait=streaming.settings.lease_ttl * 1.5)
     except RunBusyError:

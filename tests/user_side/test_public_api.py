@@ -64,6 +64,21 @@ class Choosy(StreamingTask):
 choosy = app.register_task(Choosy())
 
 
+class Named(StreamingTask):
+    """Its callers name the run (an argument), as the ready-made app's ``tasks.generate``."""
+
+    name = "public.named"
+
+    def run(self, run_id: str, text: str):
+        yield text
+
+    def run_id_for(self, task_id, args, kwargs):
+        return kwargs["run_id"]
+
+
+named = app.register_task(Named())
+
+
 @pytest.fixture
 def streaming_app() -> Celery:
     return app
@@ -147,3 +162,11 @@ def test_retry_stream_decides_from_the_calls_arguments(streaming_worker, streami
     run = streaming_runs.run("public.choosy", transient=transient)
     assert run.ending == ending
     assert [item["attempt"] for item in run.data() if "attempt" in item] == attempts
+
+
+def test_a_task_may_take_its_run_id_from_its_arguments(streaming_worker, streaming_runs):
+    run_id = f"run-{uuid.uuid4().hex}"
+    result = named.apply_async(kwargs={"run_id": run_id, "text": "named"})
+    assert result.id != run_id
+    run = streaming_runs.collect(run_id)
+    assert run.data() == ["named"] and run.ending == "done"
