@@ -47,8 +47,8 @@ class RunHandle:
     """The claimed run of one task attempt (``self.stream`` in a bound streaming task).
 
     ``send()`` takes what a generator would yield: ``str`` (text), a ``dict`` or ``list``
-    (JSON) or ``Event(name, data)``. Once a cancel was requested it raises ``RunCancelled``;
-    let it propagate and the run ends ``cancelled``.
+    (JSON) or ``Event(name, data)``. Once a cancel was requested it raises ``RunCancelled``
+    after buffering the event; let it propagate and the run ends ``cancelled``.
     """
 
     def __init__(self, run: RunWriter, watch: CancelWatch,
@@ -83,11 +83,12 @@ class RunHandle:
         return self._watch.reason()
 
     def send(self, item: object) -> None:
-        """Buffer one event (microseconds); raises ``RunCancelled`` once a cancel is asked."""
-        reason = self._watch.reason()
-        if reason:
-            raise RunCancelled(reason)
+        """Buffer one event (microseconds); then raise ``RunCancelled`` if a cancel was asked
+        (the task's next step never runs)."""
         data, event = frame(item)
         self._run.send(data, event)
         self.summary.add(data, self._run.last_seq)
         self._report(self.summary)
+        reason = self._watch.reason()
+        if reason:
+            raise RunCancelled(reason)
