@@ -159,6 +159,25 @@ def test_another_celery_app_and_plain_tasks_are_untouched(alice, project, store)
     assert app.send_task("chat.add", (2, 3), queue=project.queue).get(timeout=30) == 5
 
 
+def test_celerys_time_limits_end_the_run_timeout(project, redis_url):
+    from streaming.celery import Runs
+    from streaming.client import sync_client
+    from streaming.reader import read_events
+    from streaming.settings import Settings
+
+    sender = Celery("sender", broker=project.env["CELERY_BROKER_URL"], set_as_current=False)
+    settings = Settings(redis_url=redis_url, producer_timeout=15.0, block_timeout=1.0)
+    run_id = Runs(sender, settings).apply_async(
+        "chat.echo", ["x" * 100], {"size": 1, "delay": 0.1}, queue=project.queue,
+        soft_time_limit=1, time_limit=10)
+    client = sync_client(settings, reader=True)
+    events = list(read_events(client, run_id, settings))
+    client.close()
+    error = json.loads(events[-1].data)["error"]
+    assert error["kind"] == "timeout" and "time limit (1" in error["message"], error
+    assert 3 <= len(events) - 1 < 100
+
+
 def test_a_reader_resumes_by_last_event_id_exactly_once(alice):
     run_id = start(alice, "chat.echo", text=TEXT, size=3, delay=0.02)
     full = read(alice, run_id)
