@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from django.conf import settings as django_settings
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils.module_loading import import_string
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -50,6 +51,8 @@ async def authenticated(request: HttpRequest, run_id: str) -> bool:
 
 async def stream(request: HttpRequest, run_id: str) -> HttpResponse:
     """The run's events after the cursor, as ``text/event-stream``; 204 past its ending."""
+    if not isinstance(request, ASGIRequest):
+        return _wsgi_refused()
     try:
         await _authorize(request, run_id)
         cursor = _cursor(request)
@@ -131,6 +134,15 @@ def _error(exc: InvalidInput | AccessDenied) -> JsonResponse:
             403, "forbidden")
     return JsonResponse({"error": {"type": kind, "message": str(exc)}}, status=code,
                         headers=NO_STORE)
+
+
+def _wsgi_refused() -> JsonResponse:
+    # Under WSGI each async view runs on an event loop of its own that is gone before the
+    # response is sent: a stream cannot be followed there. Say so instead of hanging.
+    body = {"error": {"type": "asgi_required", "message":
+                      "streams need an ASGI server (uvicorn, daphne, hypercorn); this "
+                      "request came through WSGI"}}
+    return JsonResponse(body, status=500, headers=NO_STORE)
 
 
 def _unavailable(exc: BaseException) -> JsonResponse:

@@ -203,3 +203,14 @@ def test_django_auth_decides_who_reads(alice, project):
         bob.close()
     status = alice.get(f"/streams/runs/{run_id}/status")
     assert status.status_code == 200 and status.json()["run_id"] == run_id
+
+
+def test_under_wsgi_a_stream_is_refused_with_a_clear_error(alice, project):
+    run_id = start(alice, "chat.echo", text="wsgi")
+    url = project.start_wsgi()
+    wsgi = logged_in(url, "alice")
+    try:
+        refused = wsgi.get(f"/streams/runs/{run_id}/stream")
+        assert refused.status_code == 500 and refused.json()["error"]["type"] == "asgi_required"
+    finally:
+        wsgi.close()

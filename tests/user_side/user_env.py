@@ -26,9 +26,13 @@ EXTRAS = "celery,django"
 
 def build_venv(where: Path) -> Path:
     """Build the wheel and install it with its extras into a new venv; returns its bin/."""
-    wheels = where / "wheels"
+    wheels, source = where / "wheels", where / "source"
+    # Built from a clean copy: setuptools reuses a checkout's build/ directory, which may hold
+    # packages an older configuration included.
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", "artifacts"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels),
-                    str(ROOT)], check=True, timeout=300, capture_output=True)
+                    str(source)], check=True, timeout=300, capture_output=True)
     wheel = next(wheels.glob("celery_streaming-*.whl"))
     venv = where / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
@@ -123,6 +127,16 @@ class Project:
         web = Process("web", command, self.dir, self.env)
         self.processes.append(web)
         web.wait_for("Uvicorn running", 60)
+        return f"http://127.0.0.1:{port}"
+
+    def start_wsgi(self) -> str:
+        """Django's own development server (WSGI), on which streams cannot be served."""
+        port = free_port()
+        command = [str(self.bin / "python"), "manage.py", "runserver", "--noreload",
+                   f"127.0.0.1:{port}"]
+        web = Process("wsgi", command, self.dir, self.env)
+        self.processes.append(web)
+        web.wait_for("Quit the server", 60)
         return f"http://127.0.0.1:{port}"
 
     def stop(self) -> None:
