@@ -4,8 +4,11 @@
     ├── InvalidInput (also a ValueError): bad input, refused before any Redis I/O
     │   ├── InvalidRunId
     │   ├── InvalidCursor
-    │   └── InvalidChunk
-    │       └── UnsupportedChunk: a task yielded a value that has no SSE framing
+    │   ├── InvalidChunk
+    │   │   └── UnsupportedChunk: a task yielded a value that has no SSE framing
+    │   └── RequestTooLarge: a request body past the web tier's limit (HTTP 413)
+    ├── Unavailable: the stream store did not answer a web request in time, or failed it
+    │   (HTTP 503 with Retry-After)
     ├── ConfigurationError: a setting or environment variable that cannot be used
     ├── WriterError
     │   ├── WriterStateError: the writer is not started, is closed, or was created before fork()
@@ -38,6 +41,7 @@ __all__ = [
     "InvalidInput",
     "InvalidRunId",
     "ReaderError",
+    "RequestTooLarge",
     "RunBusyError",
     "RunCancelled",
     "RunClosedError",
@@ -46,6 +50,7 @@ __all__ = [
     "StreamGoneError",
     "StreamingError",
     "Unauthenticated",
+    "Unavailable",
     "UnsupportedChunk",
     "WriterError",
     "WriterStateError",
@@ -74,6 +79,21 @@ class InvalidChunk(InvalidInput):
 
 class UnsupportedChunk(InvalidChunk):
     """A task yielded a value that is not text, JSON (a dict or list) or a named event."""
+
+
+class RequestTooLarge(InvalidInput):
+    """A request body larger than the configured limit."""
+
+
+class Unavailable(StreamingError):
+    """The stream store did not answer within the web tier's bound, or failed the request.
+
+    ``retry_after`` is the seconds a client should wait before trying again.
+    """
+
+    def __init__(self, message: str, retry_after: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ConfigurationError(StreamingError):

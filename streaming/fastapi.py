@@ -55,7 +55,7 @@ class RunStatusBody(BaseModel):
     terminal: str | None
 
 
-def _allow(request: Any, run_id: str) -> bool:
+def _allow(request: Any, run_id: str | None, scope: str) -> bool:
     return True  # the router's `authorize` dependency has decided already
 
 

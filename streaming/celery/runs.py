@@ -48,9 +48,14 @@ class Runs:
 
     @property
     def client(self) -> SyncClient:
+        """The stream store's client (made on first use)."""
         if self._client is None:
             self._client = sync_client(self.settings)
         return self._client
+
+    @client.setter
+    def client(self, client: SyncClient) -> None:
+        self._client = client
 
     def apply_async(self, name: str, args: Sequence[Any] = (),
                     kwargs: Mapping[str, Any] | None = None, *, run_id: str | None = None,
