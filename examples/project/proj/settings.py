@@ -40,6 +40,9 @@ CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TASK_DEFAULT_QUEUE", "celery"
 # The web process sends runs by name (no task code), so routing lives here, not in decorators.
 CELERY_TASK_ROUTES = {"chat.answer": {"queue": os.environ.get("CHAT_LLM_QUEUE", "llm")}}
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # long runs never wait behind another in a prefetch
+# Redis broker: a task unacknowledged this long is delivered again; keep it above the longest
+# run (streaming tasks acknowledge late, so a killed worker's run is redelivered and continues).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 7200}
 
 # Streams (streaming.django): the store, and who may read a run.
 STREAMING = {"redis_url": os.environ.get("REDIS_URL", "redis://localhost:6379/0")}
