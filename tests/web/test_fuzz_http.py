@@ -3,7 +3,8 @@ query, bodies, tokens, cookies) gets an answer below 500, within its bound; a re
 sends no Redis command (watched with MONITOR on a private server); no request creates a key.
 
 The launcher records what it is asked and starts nothing, so every key in the store is one the
-test made: a finished run and a queued one, which valid tokens in the mix can read.
+test made: a finished run and a queued one, which valid tokens in the mix can read, and the
+reference app's list of the runs it started (made by one run started before the examples).
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ def target() -> Iterator[Target]:
         launcher = Recorder()
         monitor = Monitor(server.url)
         with ServerThread(create_app(settings, launcher=launcher)) as app:
+            with httpx.Client(base_url=app.url, timeout=10) as client:  # the app's run list
+                client.get("/")
+                assert client.post("/runs", json={}).status_code == 201
             yield Target(app.url, monitor, admin, TokenSigner(SECRET), launcher)
         monitor.close()
         admin.close()
