@@ -26,6 +26,8 @@ class Summary:
     bytes: int = 0
     ending: str = ""
     last_seq: int = 0
+    #: The chunks the task will send, when it says (``RunHandle.total``).
+    total: int | None = None
     started: float = field(default_factory=time.monotonic)
 
     def add(self, data: str, last_seq: int) -> None:
@@ -35,12 +37,15 @@ class Summary:
 
     def progress(self) -> dict[str, Any]:
         """What Flower shows while the run streams (the task's ``STREAMING`` state)."""
-        return {"run_id": self.run_id, "attempt": self.attempt, "chunks": self.chunks,
-                "last_seq": self.last_seq, "worker_pid": os.getpid()}
+        shown = {"run_id": self.run_id, "attempt": self.attempt, "chunks": self.chunks,
+                 "last_seq": self.last_seq, "worker_pid": os.getpid()}
+        return shown if self.total is None else shown | {"total": self.total}
 
     def as_dict(self) -> dict[str, Any]:
+        """The summary; the ending first, so that a truncated view (Flower's list) shows it."""
         seconds = round(time.monotonic() - self.started, 3)
-        return self.progress() | {"bytes": self.bytes, "seconds": seconds, "ending": self.ending}
+        return {"ending": self.ending, "chunks": self.chunks, "last_seq": self.last_seq,
+                "seconds": seconds, "bytes": self.bytes} | self.progress()
 
 
 class RunHandle:
@@ -72,11 +77,20 @@ class RunHandle:
     def resumed_chunks(self) -> int:
         """Output chunks earlier attempts stored that this one may continue after (0: start
         over). Only a task that continues exactly may skip them; others start over."""
-        return int(getattr(self._run, "resumed_chunks", 0))
+        return self._run.resumed_chunks
 
     @property
     def last_seq(self) -> int:
         return self._run.last_seq
+
+    @property
+    def total(self) -> int | None:
+        """How many chunks the run will have, if the task says (progress shows ``n/total``)."""
+        return self.summary.total
+
+    @total.setter
+    def total(self, value: int | None) -> None:
+        self.summary.total = value
 
     def cancel_reason(self) -> str:
         """The reason given for a cancel request; '' while none was made."""
