@@ -191,6 +191,7 @@ def requests(draw: Any) -> dict[str, Any]:
         headers[draw(st.sampled_from(["Content-Type", "X-Forwarded-For", "Origin"]))] = \
             draw(ascii_text)
     headers = {name: value.strip() for name, value in headers.items()}  # what HTTP allows
+    cookies = {name: value.strip() for name, value in cookies.items()}
     return {"method": method, "url": path, "params": params, "headers": headers, "cookies": cookies,
             "content": draw(bodies)}
 
