@@ -141,10 +141,6 @@ def test_duplicates_and_skips_are_counted() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(SOAK_TIMEOUT + 30)
-# xfail only until both lifecycle branches (issue-10a, issue-10b) are merged: on the main of
-# before issue 10 the soak finds hung, made-up and repeated-output runs. The coordinator removes
-# this mark at the final merge if the branches fix what the soak finds.
-@pytest.mark.xfail(strict=False, reason="issue 10: run lifecycle under faults")
 def test_the_ci_soak_judges_every_run_correct(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     done = subprocess.run([sys.executable, "-m", "benchmarks.soak", "--ci", "--seed", "1",
