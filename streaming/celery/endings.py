@@ -4,7 +4,9 @@
   not requeued (``reject_on_worker_lost`` off, or retries exhausted): ``lost``.
 - ``task_failure`` with ``TimeLimitExceeded``: the hard time limit killed the child: ``timeout``.
 - ``task_revoked``: terminated on request (the fallback for a stuck run), or revoked before it
-  started: ``cancelled``; expired before it started: ``timeout``.
+  started: ``cancelled``; expired before it started: ``timeout``. A terminated run also gets a
+  ``task-cancelled`` event: Celery's own ``task-revoked`` would leave it ``STREAMING`` in
+  Flower (its event state ranks custom states above REVOKED), ``CANCELLED`` replaces it.
 
 A requeued task writes nothing here: its next attempt continues the run. Each ending goes
 through the guarded ending script (``streaming.control.end_run`` with ``when="not_live"``): it
@@ -25,6 +27,7 @@ from typing import Any
 from billiard.exceptions import WorkerLostError
 from celery import signals
 from celery.exceptions import TimeLimitExceeded
+from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from ..control import cancel_reason, end_run
@@ -59,9 +62,23 @@ def connect(streaming: Streaming, uid: str) -> None:
             run_id = _run_id(sender, getattr(request, "id", None), getattr(request, "args", None),
                              getattr(request, "kwargs", None))
             end_run_soon(streaming, run_id, kind, reason)
+            if terminated:
+                _announce_cancelled(streaming, getattr(request, "id", None), reason)
 
     signals.task_failure.connect(failure, weak=False, dispatch_uid=uid)
     signals.task_revoked.connect(revoked, weak=False, dispatch_uid=uid)
+
+
+def _announce_cancelled(streaming: Streaming, task_id: str | None, reason: str) -> None:
+    """Flower's final state of a terminated run (best effort: the backend says REVOKED)."""
+    if task_id is None:
+        return
+    try:
+        with streaming.app.events.default_dispatcher() as dispatcher:
+            dispatcher.send("task-cancelled", uuid=task_id, retry=False,
+                            result=f"cancelled: {reason}")
+    except (OSError, RedisError, OperationalError) as exc:
+        logger.warning("could not announce the cancel of task %s: %s", task_id, exc)
 
 
 def _ours(streaming: Streaming, task: Any) -> bool:

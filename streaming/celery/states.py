@@ -13,8 +13,9 @@ that matches the stored ending for a task whose state is not final yet (``PENDIN
 
 A final state is never replaced: what the task itself stored stays. A run's task is the one
 whose id is the run id (or that names the run: ``StreamingTask.run_id_for``). The matching
-task event (``task-failed``, ``task-revoked``, ``task-succeeded``) is sent too: Flower
-builds its view from events, not from the backend.
+task event (``task-failed``, ``task-succeeded``, and ``task-cancelled`` for REVOKED, which
+Flower shows as ``CANCELLED`` where ``task-revoked`` would leave a streaming run
+``STREAMING``) is sent too: Flower builds its view from events, not from the backend.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def _announce(app: Celery, task_id: str, state: str, value: Any) -> None:
     if state == states.SUCCESS:
         kind, fields["result"], fields["runtime"] = "task-succeeded", repr(value), 0.0
     elif state == states.REVOKED:
-        kind, fields["terminated"], fields["expired"] = "task-revoked", False, False
+        # Flower: CANCELLED, a custom state that replaces STREAMING (task-revoked would not)
+        kind, fields["result"] = "task-cancelled", f"cancelled: {value}"
     else:
         kind, fields["exception"], fields["traceback"] = "task-failed", repr(value), ""
     with app.events.default_dispatcher() as dispatcher:
