@@ -18,6 +18,8 @@ from celery.result import AsyncResult
 from httpx_sse import connect_sse
 from user_env import Project, logged_in
 
+from streaming.wire import Terminal
+
 pytestmark = pytest.mark.slow
 
 TEXT = "Streams from your own Celery app, read back exactly."
@@ -176,6 +178,30 @@ def test_celerys_time_limits_end_the_run_timeout(project, redis_url):
     error = json.loads(events[-1].data)["error"]
     assert error["kind"] == "timeout" and "time limit (1" in error["message"], error
     assert 3 <= len(events) - 1 < 100
+
+
+def test_a_stuck_run_is_terminated_after_the_cancel_grace(project, redis_url):
+    from streaming.celery import Runs
+    from streaming.client import sync_client
+    from streaming.reader import read_events
+    from streaming.settings import Settings
+
+    sender = Celery("sender", broker=project.env["CELERY_BROKER_URL"], set_as_current=False)
+    settings = Settings(redis_url=redis_url, producer_timeout=15.0, block_timeout=1.0)
+    runs = Runs(sender, settings)
+    run_id = runs.apply_async("chat.blocking", [60], queue=project.queue)
+    deadline = time.monotonic() + 30
+    while runs.status(run_id).state != "live":
+        assert time.monotonic() < deadline, runs.status(run_id)
+        time.sleep(0.1)
+    started = time.monotonic()
+    assert runs.cancel(run_id, "stuck upstream", grace=1.0)
+    client = sync_client(settings, reader=True)
+    events = list(read_events(client, run_id, settings))
+    client.close()
+    assert [(e.event, e.terminal) for e in events] == [("cancelled", Terminal.CANCELLED)]
+    assert "stuck upstream" in events[-1].data
+    assert time.monotonic() - started < 30  # the grace, then the main process's ending
 
 
 def test_a_reader_resumes_by_last_event_id_exactly_once(alice):

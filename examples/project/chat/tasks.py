@@ -65,6 +65,14 @@ def once(text: str, delay: float = 0.05):
         yield {"text": char}
 
 
+@shared_task(base=StreamingTask, name="chat.blocking")
+def blocking(seconds: float = 30.0):
+    """Blocks before its first chunk (a slow upstream call): a cancel cannot reach it between
+    chunks, so ``Runs.cancel(..., grace=...)`` terminates its process after the grace."""
+    time.sleep(seconds)
+    yield {"text": "too late"}
+
+
 @shared_task(name="chat.add")
 def add(x: int, y: int) -> int:
     """A plain task: streaming leaves it as Celery made it."""
