@@ -10,7 +10,9 @@ Routes:
   through the tasks API; 201 with its id, a read token and the URLs that take it;
 - ``POST /runs/{run_id}/cancel``: ask the run to stop (the same token is the permission);
 - the routes of ``streaming.web``: ``GET|POST /runs/{run_id}/stream``,
-  ``GET /runs/{run_id}/status``.
+  ``GET /runs/{run_id}/status``;
+- the operational routes of ``streaming.ops``: ``GET /metrics`` (Prometheus), ``GET /livez``,
+  ``GET /readyz`` (the store and the reader hub).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from streaming.errors import AccessDenied, InvalidInput
+from streaming.ops import ops_routes
 from streaming.settings import Settings
 from streaming.web import StreamEndpoints, error_response, read_json_object
 
@@ -66,6 +69,7 @@ def create_app(settings: Settings | None = None, *, launcher: Launcher | None = 
             Route("/runs", runs.create, methods=["POST"], name="create_run"),
             Route("/runs/{run_id}/cancel", runs.cancel, methods=["POST"], name="cancel_run"),
             *streams.routes,
+            *ops_routes(streams),
         ],
         lifespan=streams.lifespan,
     )

@@ -26,6 +26,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 
 from . import cluster, scripts
+from . import metrics as _metrics
 from .client import TRANSIENT, AsyncClient, async_client
 from .cursor import NOT_A_RUN, Entry, RunCursor, RunStatus, wrong_type, xread_reply
 from .errors import ReaderError
@@ -88,6 +89,7 @@ class _Shard(Follower):
                 delay = 0.05
             except _TRANSIENT as exc:
                 logger.warning("reader hub: read failed (%s), retrying in %.2f s", exc, delay)
+                _metrics.store_error("hub")
                 self.client_id = None
                 with contextlib.suppress(*_TRANSIENT):
                     await self.client.aclose()
@@ -188,6 +190,12 @@ class ReaderHub:
             "followed": sum(len(s.subs) for s in self._shards),
             "blocking_reads": sum(s.reads for s in self._shards),
         }
+
+    @property
+    def alive(self) -> bool:
+        """Started, and every shared read's task still running (the readiness check)."""
+        return bool(self._shards) and all(
+            s.task is not None and not s.task.done() and not s.closed for s in self._shards)
 
     def _shard(self, key: str) -> Follower:
         return self._shards[hash(key) % len(self._shards)]

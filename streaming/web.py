@@ -52,6 +52,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "streaming.web needs the web extra: pip install 'celery-streaming[web]'"
     ) from exc
 
+from . import metrics as _metrics
 from .control import arun_status
 from .errors import (
     AccessDenied,
@@ -129,10 +130,12 @@ class StreamEndpoints:
     @property
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/runs/{run_id}/stream", self.stream, methods=["GET"], name="run_stream"),
-            Route("/runs/{run_id}/stream", self.resume, methods=["POST"],
-                  name="run_stream_resume"),
-            Route("/runs/{run_id}/status", self.status, methods=["GET"], name="run_status"),
+            Route("/runs/{run_id}/stream", _metrics.counted("stream", self.stream),
+                  methods=["GET"], name="run_stream"),
+            Route("/runs/{run_id}/stream", _metrics.counted("stream", self.resume),
+                  methods=["POST"], name="run_stream_resume"),
+            Route("/runs/{run_id}/status", _metrics.counted("status", self.status),
+                  methods=["GET"], name="run_status"),
         ]
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -235,12 +238,14 @@ class StreamEndpoints:
     async def _frames(self, reader: HubReader, pings: bool) -> AsyncIterator[bytes]:
         interval = self.settings.ping_interval if pings else None
         try:
-            async for frame in sse_frames(reader, interval, retry_ms=self.retry_ms):
+            events = _metrics.observe_events(reader.cursor.keys.run_id, aiter(reader))
+            async for frame in sse_frames(events, interval, retry_ms=self.retry_ms):
                 yield frame.encode()
         except (*_TRANSIENT, ReaderError) as exc:
             # The store is unreachable or the hub closed (shutdown): ending the response
             # without a terminal event makes the client reconnect, here or to another
             # process, and resume from its last id: nothing is lost or repeated.
+            _metrics.store_error("web")
             logger.warning("stream of run %s cut: %s", reader.cursor.keys.run_id, exc)
 
 
@@ -298,16 +303,26 @@ _ERROR_TYPES: list[tuple[type[Exception], int, str]] = [
 ]
 
 
+class ErrorResponse(JSONResponse):
+    """A JSON error ``{"error": {"type", "message"}}``; ``error_type`` is its type."""
+
+    def __init__(self, error_type: str, message: str, status: int,
+                 headers: dict[str, str]) -> None:
+        super().__init__({"error": {"type": error_type, "message": message}}, status, headers)
+        self.error_type = error_type
+
+
 def error_response(exc: InvalidInput | AccessDenied) -> JSONResponse:
     """The JSON error of a refused request: ``{"error": {"type", "message"}}``."""
     status, kind = next((s, k) for t, s, k in _ERROR_TYPES if isinstance(exc, t))
     headers = dict(NO_STORE)
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="streams"'
-    return JSONResponse({"error": {"type": kind, "message": str(exc)}}, status, headers)
+    return ErrorResponse(kind, str(exc), status, headers)
 
 
 def unavailable(exc: BaseException) -> JSONResponse:
     logger.warning("stream store unreachable: %s", exc)
-    body = {"error": {"type": "unavailable", "message": "the stream store is unreachable"}}
-    return JSONResponse(body, 503, {**NO_STORE, "Retry-After": "2"})
+    _metrics.store_error("web")
+    return ErrorResponse("unavailable", "the stream store is unreachable", 503,
+                         {**NO_STORE, "Retry-After": "2"})

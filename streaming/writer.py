@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import NoScriptError, OutOfMemoryError
 
+from . import metrics as _metrics
 from . import scripts
 from .client import TRANSIENT, AsyncClient, async_client
 from .errors import (
@@ -107,6 +108,7 @@ class StreamWriter:
         self._runs: dict[str, _Run] = {}
         self._dirty: dict[_Run, None] = {}
         self._buffered = 0
+        self._waiting_since = 0.0  # wall time the oldest unflushed chunk began waiting
         self._wake_pending = False
         self._stopping = False
         self._outage_since: float | None = None
@@ -186,6 +188,7 @@ class StreamWriter:
         run = self._call(self._claim(keys, token, wait), deadline)
         with self._cond:
             self._runs[run_id] = run
+        _metrics.run_started(run.attempt)
         handle = RunWriter(self, run)
         if run.attempt > 1 and announce_restart:
             handle.send(json.dumps({"attempt": run.attempt}), event="restarted")
@@ -212,6 +215,7 @@ class StreamWriter:
                 raise WriterError(f"run {keys.run_id}: {reply[1]} holds a {reply[2]}, "
                                   "not this run's data; it was left as it is")
             if time.monotonic() >= give_up:
+                _metrics.busy()
                 raise RunBusyError(
                     f"run {keys.run_id} is held by another live writer "
                     f"(lease expires in {int(reply[1])} ms)"
@@ -239,6 +243,9 @@ class StreamWriter:
             self._buffered += size
             self._stats.accepted += 1
             self._dirty[run] = None
+            if not self._waiting_since:
+                self._waiting_since = time.time()
+                _metrics.buffered(self._buffered, self._waiting_since)
             wake = not self._wake_pending
             self._wake_pending = True
         if wake:
@@ -373,6 +380,7 @@ class StreamWriter:
         return batch
 
     async def _send(self, batch: list[tuple[_Run, list[tuple[int, str, int]], bool]]) -> None:
+        started = time.perf_counter()
         try:
             client = self._get_client()
             async with client.pipeline(transaction=False) as pipe:
@@ -390,10 +398,22 @@ class StreamWriter:
             await self._load_scripts()
         retry = [(item, reply) for item, reply in zip(batch, replies, strict=True)
                  if not self._settle(item[0], item[1], reply)]
+        self._observe_flush(time.perf_counter() - started, batch, retry)
         if retry:
             await self._requeue([item for item, _ in retry], retry[0][1])
         else:
             self._outage_since = None
+
+    def _observe_flush(self, seconds: float, batch: list[tuple[_Run, list[tuple[int, str, int]],
+                       bool]], retry: list[Any]) -> None:
+        again = {id(item) for item, _ in retry}
+        stored = [frame for item in batch if id(item) not in again and item[0].error is None
+                  for _, frame, _ in item[1]]
+        _metrics.flushed(seconds, len(stored), sum(len(f.encode()) for f in stored))
+        with self._cond:
+            # Progress was made: what still waits has waited only since now.
+            self._waiting_since = time.time() if self._buffered else 0.0
+            _metrics.buffered(self._buffered, self._waiting_since)
 
     def _append_args(self, run: _Run, chunks: list[tuple[int, str, int]], ends: bool) -> list[Any]:
         keys = run.keys
@@ -436,6 +456,7 @@ class StreamWriter:
                     self._buffered -= _size(chunks)
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
+                _metrics.outage()
             self._outage_reason = f"{type(exc).__name__}: {exc}"
             self._stats.retries += 1
             self._cond.notify_all()
@@ -627,10 +648,13 @@ class RunWriter:
         Returns the last seq id. ``kind`` is done, error, cancelled, timeout or lost.
         """
         give_up = time.monotonic() + timeout
-        if self._run.ending is None:
+        ending = self._run.ending is None
+        if ending:
             frame = terminal_frame(kind, message, type=type)
             self._writer._accept(self._run, frame, kind, room_timeout=timeout)
         self.flush(max(give_up - time.monotonic(), 0.0))
+        if ending:
+            _metrics.run_ended(kind.value)
         self._writer._forget(self._run)
         return self._run.seq
 
@@ -677,6 +701,7 @@ def _refusal(run: _Run, reply: Exception) -> WriterError:
     text = str(reply)
     name = run.keys.run_id
     if text.startswith("STALE"):
+        _metrics.fenced()
         return StaleWriterError(f"run {name}: {text[6:]}")
     if text.startswith("CLOSED"):
         return RunClosedError(f"run {name}: {text[7:]}")

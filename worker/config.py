@@ -35,6 +35,8 @@ ENVIRONMENT = {
     "cancel_check_interval": "WORKER_CANCEL_CHECK_INTERVAL",
     "send_tracebacks": "WORKER_SEND_TRACEBACKS",
     "generator_modules": "WORKER_GENERATOR_MODULES",
+    "metrics_port": "WORKER_METRICS_PORT",
+    "metrics_host": "WORKER_METRICS_HOST",
     "openai_base_url": "OPENAI_BASE_URL",
     "openai_model": "OPENAI_MODEL",
     "openai_api_key": "OPENAI_API_KEY",
@@ -73,6 +75,11 @@ class WorkerConfig:
     send_tracebacks: bool = False
     #: Extra modules, comma separated, whose generators are registered at worker start.
     generator_modules: tuple[str, ...] = ()
+    #: Port of the worker's metrics and health endpoint (``/metrics``, ``/healthz``), served
+    #: by its main process for all its pool processes; 0 (the default): no endpoint.
+    metrics_port: int = 0
+    #: Address that endpoint listens on.
+    metrics_host: str = "127.0.0.1"
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
     openai_api_key: str | None = field(default=None, repr=False)
@@ -83,6 +90,9 @@ class WorkerConfig:
                 f"WORKER_TIME_LIMIT ({self.time_limit}) must be greater than "
                 f"WORKER_SOFT_TIME_LIMIT ({self.soft_time_limit})"
             )
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigurationError(
+                f"WORKER_METRICS_PORT must be 0..65535, got {self.metrics_port}")
         if self.max_attempts < 1 or self.max_retries < 0:
             raise ConfigurationError("WORKER_MAX_ATTEMPTS must be >= 1, WORKER_MAX_RETRIES >= 0")
 

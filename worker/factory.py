@@ -7,7 +7,7 @@ from celery import Celery
 from streaming.client import SyncClient, sync_client
 from streaming.writer import StreamWriter, shared_writer
 
-from . import endings, lifecycle
+from . import endings, lifecycle, observe
 from .config import WorkerConfig, celery_settings
 
 __all__ = ["StreamingCelery", "create_app"]
@@ -52,4 +52,5 @@ def create_app(config: WorkerConfig, **kwargs: object) -> StreamingCelery:
     app = StreamingCelery(config, **kwargs)
     lifecycle.connect(app)
     endings.connect(app)
+    observe.connect(app)
     return app

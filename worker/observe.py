@@ -1,0 +1,117 @@
+"""The worker's metrics and health endpoint, served by its main process for all its children.
+
+With ``WORKER_METRICS_PORT`` set, ``worker_init`` (in the main process, before the pool forks)
+points prometheus_client's multiprocess mode at a directory (``PROMETHEUS_MULTIPROC_DIR`` if
+given, its old ``*.db`` files removed; else a fresh temporary one), which the pool's children
+inherit, and starts ``streaming.exporter`` there: ``/metrics`` adds up every process's metrics,
+``/healthz`` says whether the worker can stream:
+
+- ``store``: the stream store answers a ``PING`` within 2 s;
+- ``writers``: no process's stream writer has had chunks waiting unflushed for longer than
+  ``STREAMING_UNAVAILABLE_TIMEOUT`` (past which its runs fail), from the per-process
+  ``streaming_writer_waiting_since_timestamp_seconds`` gauge.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import sys
+import tempfile
+import time
+from typing import TYPE_CHECKING, Any
+
+from celery import signals
+from redis.exceptions import RedisError
+
+from streaming import exporter, metrics
+from streaming.client import sync_client
+
+if TYPE_CHECKING:
+    from .factory import StreamingCelery
+
+__all__ = ["connect", "health"]
+
+logger = logging.getLogger(__name__)
+_MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
+_PING_TIMEOUT = 2.0
+
+
+def connect(app: StreamingCelery) -> None:
+    """Serve ``app``'s worker metrics and health on ``app.config.metrics_port``, if set."""
+    served: list[exporter.Exporter] = []
+
+    def worker_init(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app and app.config.metrics_port:
+            served.append(_start(app))
+
+    def worker_shutdown(sender: Any = None, **_: Any) -> None:
+        while served:
+            served.pop().close()
+
+    signals.worker_init.connect(worker_init, weak=False)
+    signals.worker_shutdown.connect(worker_shutdown, weak=False)
+
+
+def _start(app: StreamingCelery) -> exporter.Exporter:
+    _multiprocess_dir()
+    config = app.config
+    check = _Health(app)
+    served = exporter.serve(config.metrics_host, config.metrics_port, check)
+    logger.info("worker metrics on %s/metrics, health on %s/healthz", served.url, served.url)
+    return served
+
+
+def _multiprocess_dir() -> str:
+    """The directory every pool process writes its metrics to (set before the fork)."""
+    if "prometheus_client" in sys.modules and not os.environ.get(_MULTIPROC):
+        logger.warning("prometheus_client was imported before the worker set %s: this "
+                       "process's own metrics stay out of the aggregate", _MULTIPROC)
+    path = os.environ.get(_MULTIPROC)
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for name in glob.glob(os.path.join(path, "*.db")):  # a previous run's processes
+            os.remove(name)
+    else:
+        path = tempfile.mkdtemp(prefix="streaming-metrics-")
+        # prometheus_client's own contract: the pool's children inherit the variable.
+        os.environ[_MULTIPROC] = path
+    return path
+
+
+class _Health:
+    """The ``/healthz`` verdict of one worker."""
+
+    def __init__(self, app: StreamingCelery) -> None:
+        self.app = app
+        self._client = sync_client(app.config.streaming, socket_timeout=_PING_TIMEOUT,
+                                   socket_connect_timeout=_PING_TIMEOUT, retry=None)
+
+    def __call__(self) -> tuple[bool, dict[str, str]]:
+        checks = {"store": self._store(), "writers": self._writers()}
+        return all(v == "ok" for v in checks.values()), checks
+
+    def _store(self) -> str:
+        try:
+            self._client.ping()
+        except (RedisError, OSError) as exc:
+            return f"unreachable: {exc}"
+        return "ok"
+
+    def _writers(self) -> str:
+        return health(self.app.config.streaming.unavailable_timeout)
+
+
+def health(stall: float, now: float | None = None) -> str:
+    """'ok' unless a process's writer has had chunks waiting for more than ``stall`` s."""
+    if not metrics.available():
+        return "ok"  # nothing to read them from; the store check still runs
+    now = time.time() if now is None else now
+    name = "streaming_writer_waiting_since_timestamp_seconds"
+    stalled = [(labels.get("pid", "this"), now - since)
+               for labels, since in metrics.samples(metrics.exposition(), name)
+               if since > 0 and now - since > stall]
+    if not stalled:
+        return "ok"
+    return "; ".join(f"process {pid}: chunks unflushed for {age:.0f} s" for pid, age in stalled)
