@@ -26,7 +26,9 @@ Names (all prefixed ``streaming_``):
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -41,6 +43,7 @@ __all__ = [
     "multiprocess_dir",
     "observe_events",
     "reap_dead_processes",
+    "use_multiprocess",
 ]
 
 R = TypeVar("R")
@@ -101,8 +104,12 @@ def _get() -> _Metrics | None:
 
 
 def available() -> bool:
-    """Whether ``prometheus_client`` is installed (the ``metrics`` extra)."""
-    return _get() is not None
+    """Whether ``prometheus_client`` is installed (the ``metrics`` extra).
+
+    Makes no metric: a process that only serves others' (a worker's main process) must not
+    show up among the processes that record them.
+    """
+    return _metrics is not None or importlib.util.find_spec("prometheus_client") is not None
 
 
 def multiprocess_dir() -> str | None:
@@ -111,13 +118,31 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+def use_multiprocess(path: str) -> None:
+    """Make this process and the ones it forks from now on write their metrics under ``path``.
+
+    Call it before the first metric is recorded (a pre-forking server's main process, before
+    it forks). prometheus_client picks its value store when it is imported, which may have
+    happened already (Celery's command line loads Flower's, which imports it): it is picked
+    again here.
+    """
+    if _metrics is not None:
+        raise RuntimeError("metrics were recorded before multiprocess mode was chosen")
+    # prometheus_client's own contract: it reads this variable, and children inherit it.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    if "prometheus_client.values" in sys.modules:
+        from prometheus_client import values
+
+        values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+
+
 def exposition() -> bytes:
     """This process's metrics in the text format; in multiprocess mode, every process's."""
     from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
-    _get()
     path = multiprocess_dir()
     if path is None:
+        _get()  # every metric is listed, at 0 until used
         return generate_latest(REGISTRY)
     reap_dead_processes(path)
     registry = CollectorRegistry()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import sys
 import tempfile
 import time
 from typing import TYPE_CHECKING, Any
@@ -46,11 +45,17 @@ def connect(app: StreamingCelery) -> None:
         if getattr(sender, "app", None) is app and app.config.metrics_port:
             served.append(_start(app))
 
+    def worker_ready(**_: Any) -> None:
+        for endpoint in served:  # logging is set up by now (not yet at worker_init)
+            logger.info("worker metrics on %s/metrics, health on %s/healthz", endpoint.url,
+                        endpoint.url)
+
     def worker_shutdown(sender: Any = None, **_: Any) -> None:
         while served:
             served.pop().close()
 
     signals.worker_init.connect(worker_init, weak=False)
+    signals.worker_ready.connect(worker_ready, weak=False)
     signals.worker_shutdown.connect(worker_shutdown, weak=False)
 
 
@@ -58,16 +63,11 @@ def _start(app: StreamingCelery) -> exporter.Exporter:
     _multiprocess_dir()
     config = app.config
     check = _Health(app)
-    served = exporter.serve(config.metrics_host, config.metrics_port, check)
-    logger.info("worker metrics on %s/metrics, health on %s/healthz", served.url, served.url)
-    return served
+    return exporter.serve(config.metrics_host, config.metrics_port, check)
 
 
 def _multiprocess_dir() -> str:
-    """The directory every pool process writes its metrics to (set before the fork)."""
-    if "prometheus_client" in sys.modules and not os.environ.get(_MULTIPROC):
-        logger.warning("prometheus_client was imported before the worker set %s: this "
-                       "process's own metrics stay out of the aggregate", _MULTIPROC)
+    """The directory every pool process writes its metrics to (chosen before the fork)."""
     path = os.environ.get(_MULTIPROC)
     if path:
         os.makedirs(path, exist_ok=True)
@@ -75,8 +75,7 @@ def _multiprocess_dir() -> str:
             os.remove(name)
     else:
         path = tempfile.mkdtemp(prefix="streaming-metrics-")
-        # prometheus_client's own contract: the pool's children inherit the variable.
-        os.environ[_MULTIPROC] = path
+    metrics.use_multiprocess(path)
     return path
 
 
