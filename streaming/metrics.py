@@ -109,7 +109,12 @@ def available() -> bool:
     Makes no metric: a process that only serves others' (a worker's main process) must not
     show up among the processes that record them.
     """
-    return _metrics is not None or importlib.util.find_spec("prometheus_client") is not None
+    if _metrics is not None:
+        return True
+    try:
+        return importlib.util.find_spec("prometheus_client") is not None
+    except ValueError:  # in sys.modules as None: made unimportable on purpose
+        return False
 
 
 def multiprocess_dir() -> str | None:

@@ -1,0 +1,58 @@
+"""The metrics module: optional, named as the dashboard expects, silent without its extra."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from streaming import metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD = ROOT / "examples" / "grafana" / "streaming.json"
+
+
+def exposed_names() -> set[str]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = metrics.exposition().decode()
+    return {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_every_dashboard_query_names_a_metric_the_library_exposes():
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\bstreaming_[a-z_]+", expr)}
+    # Labelled counters show no sample until a label is used: list the families as well.
+    exposed = exposed_names() | {f"streaming_{n}_total" for n in
+                                 ("http_responses", "store_errors", "runs_started",
+                                  "runs_ended", "sweep_endings")}
+    assert used and used <= exposed, used - exposed
+
+
+def test_the_library_streams_without_prometheus_client(redis_url):
+    """prometheus_client made unimportable: a writer and a reader still work, metrics are off."""
+    code = f"""
+import sys
+sys.modules["prometheus_client"] = None  # as if the metrics extra were not installed
+from streaming import metrics
+from streaming.client import sync_client
+from streaming.reader import read_events
+from streaming.settings import Settings
+from streaming.writer import StreamWriter
+settings = Settings(redis_url={redis_url!r})
+writer = StreamWriter(settings).start()
+run = writer.open("no-metrics-" + __import__("uuid").uuid4().hex)
+run.send("hello")
+run.finish()
+events = list(read_events(sync_client(settings), run.run_id, settings))
+writer.stop()
+assert not metrics.available()
+print(len(events), "prometheus_client" in sys.modules and sys.modules["prometheus_client"])
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "None"]
