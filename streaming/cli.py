@@ -1,18 +1,23 @@
-"""``python -m streaming``: follow a run from a terminal.
+"""``python -m streaming``: follow a run from a terminal, and operate the store.
 
 ``tail`` prints a run's events as they arrive and exits at its terminal entry with a status
-that tells the ending apart (see ``EXIT_CODES``).
+that tells the ending apart (see ``EXIT_CODES``). The operator's commands (``runs``,
+``inspect``, ``end``, ``summary``) print for people, or JSON with ``--json``
+(``streaming.admin`` gathers what they show).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 from redis.exceptions import RedisError
 
-from .client import sync_client
+from . import admin
+from .client import SyncClient, sync_client
 from .errors import InvalidInput, StreamingError
 from .reader import read_events
 from .settings import Settings
@@ -74,3 +79,122 @@ def _render(event: Event, as_json: bool) -> str:
     if event.event == "message":
         return event.data
     return f"[{event.event}] {event.data}"
+
+
+# -- the operator's commands ----------------------------------------------------------------
+
+_REDIS_URL = click.option("--redis-url", envvar="REDIS_URL", required=True,
+                          help="The stream store [env: REDIS_URL].")
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+#: ``--state`` names (what an operator calls them) and the stored states they mean.
+_STATES = {"queued": "pending", "pending": "pending", "live": "live", "idle": "idle",
+           "ended": "ended"}
+
+
+def _client(redis_url: str) -> tuple[SyncClient, Settings]:
+    settings = Settings.from_env(redis_url=redis_url)
+    return sync_client(settings), settings
+
+
+@main.command("runs")
+@click.option("--state", "states", multiple=True, type=click.Choice(sorted(_STATES)),
+              help="Only runs in this state (repeat for more); all by default.")
+@_JSON
+@_REDIS_URL
+def runs_command(states: tuple[str, ...], as_json: bool, redis_url: str) -> None:
+    """List runs with their state, age, attempt, last seq and lag (seconds since their last
+    stored entry)."""
+    client, settings = _client(redis_url)
+    rows = _store_call(lambda: admin.list_runs(client, settings, [_STATES[s] for s in states]))
+    if as_json:
+        click.echo(json.dumps([_named(row.as_dict()) for row in rows]))
+        return
+    click.echo(f"{'RUN':<40} {'STATE':<8} {'AGE':>9} {'ATTEMPT':>7} {'LAST SEQ':>9} "
+               f"{'LAG':>9}  ENDING")
+    for row in rows:
+        click.echo(f"{row.run_id:<40} {admin.STATE_NAMES[row.state]:<8} {_age(row.age):>9} "
+                   f"{row.attempt:>7} {row.last_seq:>9} {_age(row.lag):>9}  {row.ending}")
+
+
+@main.command("inspect")
+@click.argument("run_id")
+@_JSON
+@_REDIS_URL
+def inspect_command(run_id: str, as_json: bool, redis_url: str) -> None:
+    """Show everything stored about RUN_ID: meta, lease, ending, stream length and memory.
+
+    Exit status 6 when the store has nothing of the run.
+    """
+    client, settings = _client(redis_url)
+    detail = _store_call(lambda: admin.inspect_run(client, run_id, settings))
+    if as_json:
+        click.echo(json.dumps(_named(detail.as_dict())))
+    else:
+        _print_detail(detail)
+    if detail.row.state == "missing" and not detail.stream_length:
+        sys.exit(EXIT_CODES[Terminal.NOT_FOUND])
+
+
+def _print_detail(detail: admin.RunDetail) -> None:
+    row = detail.row
+    lines = [
+        ("run", row.run_id), ("state", admin.STATE_NAMES[row.state]),
+        ("attempt", row.attempt), ("last seq", row.last_seq), ("age", _age(row.age)),
+        ("lag", _age(row.lag)), ("ending", row.ending or "-"),
+        ("lease", f"{detail.lease} ({detail.lease_ttl_ms} ms left)" if detail.lease else "-"),
+        ("stream", f"{detail.stream_length} entries, {detail.stream_bytes} bytes"),
+        ("meta", f"{detail.meta_bytes} bytes: "
+                 + ", ".join(f"{k}={v}" for k, v in sorted(detail.meta.items()))),
+        ("ttl", f"{detail.ttl} s" if detail.ttl >= 0 else "-"),
+        ("ending entry", detail.ending_entry["data"].strip() if detail.ending_entry else "-"),
+    ]
+    for name, value in lines:
+        click.echo(f"{name + ':':<14}{value}")
+
+
+@main.command("summary")
+@_JSON
+@_REDIS_URL
+def summary_command(as_json: bool, redis_url: str) -> None:
+    """Count runs by state, their streams and entries, and the memory their keys use."""
+    client, settings = _client(redis_url)
+    found = _store_call(lambda: admin.summary(client, settings))
+    if as_json:
+        body = found.as_dict()
+        body["runs"] = {admin.STATE_NAMES[k]: v for k, v in found.runs.items()}
+        click.echo(json.dumps(body))
+        return
+    counts = ", ".join(f"{v} {admin.STATE_NAMES[k]}" for k, v in found.runs.items())
+    click.echo(f"runs:    {sum(found.runs.values())} ({counts})")
+    click.echo(f"streams: {found.streams} ({found.entries} entries)")
+    click.echo(f"memory:  {found.stream_bytes + found.meta_bytes} bytes in run keys "
+               f"({found.stream_bytes} streams, {found.meta_bytes} meta) of "
+               f"{found.used_memory} used by the server")
+
+
+T = TypeVar("T")
+
+
+def _store_call(call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except InvalidInput as exc:
+        raise click.BadParameter(str(exc)) from exc
+    except (StreamingError, RedisError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+def _named(body: dict[str, Any]) -> dict[str, Any]:
+    """A row as JSON, its state under the name the tools use (queued for pending)."""
+    return body | {"state": admin.STATE_NAMES.get(body["state"], body["state"])}
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
