@@ -29,6 +29,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from streaming import logs
 from streaming.errors import AccessDenied, InvalidInput
 from streaming.ops import ops_routes
 from streaming.settings import Settings
@@ -59,6 +60,7 @@ class Launcher(Protocol):
 def create_app(settings: Settings | None = None, *, launcher: Launcher | None = None,
                retry_ms: int = 1000) -> Starlette:
     """The app; ``launcher`` defaults to the Celery tasks API built from the environment."""
+    _log_runs()
     settings = _with_secret(settings or Settings.from_env())
     streams = StreamEndpoints(settings, retry_ms=retry_ms)
     runs = _Runs(streams, launcher or _celery_launcher())
@@ -128,6 +130,16 @@ def _demo_params(body: dict[str, Any]) -> dict[str, Any]:
             raise InvalidInput(f"{name} has the wrong type: {value!r}")
         params[name] = value
     return params
+
+
+def _log_runs() -> None:
+    """When nothing configured logging (a bare uvicorn process): INFO lines on stderr, each
+    line about a run starting with ``run=<id> attempt=<n>`` (``streaming.logs``)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logs.install(root)
 
 
 def _with_secret(settings: Settings) -> Settings:

@@ -230,6 +230,8 @@ class HubReader:
         self.hub = hub
         self.cursor = cursor
         self._start: list[Event] | None = None
+        #: The run's attempt when it was opened (for log lines), None before.
+        self.attempt: int | None = None
 
     @property
     def terminal(self) -> Terminal | None:
@@ -253,6 +255,7 @@ class HubReader:
         """
         if self._start is None:
             status = (await self.hub.statuses([self.cursor.keys]))[0]
+            self.attempt = status.attempt
             self._start = self.cursor.check_start(status)
         return self
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -64,10 +65,11 @@ from .errors import (
     Unauthenticated,
 )
 from .hub import HubReader, ReaderHub
+from .logs import run_extra
 from .settings import Settings
 from .sse import sse_frames
 from .tokens import TokenSigner
-from .wire import parse_cursor, validate_run_id
+from .wire import Event, parse_cursor, validate_run_id
 
 __all__ = ["AuthHook", "StreamEndpoints", "TokenAuth", "read_json_object"]
 
@@ -238,7 +240,7 @@ class StreamEndpoints:
     async def _frames(self, reader: HubReader, pings: bool) -> AsyncIterator[bytes]:
         interval = self.settings.ping_interval if pings else None
         try:
-            events = _metrics.observe_events(reader.cursor.keys.run_id, aiter(reader))
+            events = _metrics.observe_events(reader.cursor.keys.run_id, _follow_attempt(reader))
             async for frame in sse_frames(events, interval, retry_ms=self.retry_ms):
                 yield frame.encode()
         except (*_TRANSIENT, ReaderError) as exc:
@@ -246,7 +248,22 @@ class StreamEndpoints:
             # without a terminal event makes the client reconnect, here or to another
             # process, and resume from its last id: nothing is lost or repeated.
             _metrics.store_error("web")
-            logger.warning("stream of run %s cut: %s", reader.cursor.keys.run_id, exc)
+            logger.warning("stream of run %s cut: %s", reader.cursor.keys.run_id, exc,
+                           extra=run_extra(reader.cursor.keys.run_id, reader.attempt))
+        finally:
+            ending = reader.terminal.value if reader.terminal else "the client left"
+            logger.info("stream of run %s closed at seq %d: %s", reader.cursor.keys.run_id,
+                        reader.last_seq, ending,
+                        extra=run_extra(reader.cursor.keys.run_id, reader.attempt))
+
+
+async def _follow_attempt(reader: HubReader) -> AsyncIterator[Event]:
+    """``reader``'s events; a ``restarted`` event updates ``reader.attempt`` (for log lines)."""
+    async for event in reader:
+        if event.event == "restarted":
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                reader.attempt = int(json.loads(event.data)["attempt"])
+        yield event
 
 
 # -- requests and errors --------------------------------------------------------------------

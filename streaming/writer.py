@@ -43,6 +43,7 @@ from .errors import (
     WriterError,
     WriterStateError,
 )
+from .logs import run_extra
 from .settings import Settings
 from .wire import RunKeys, Terminal, check_frame_size, encode_frame, terminal_frame
 
@@ -435,7 +436,7 @@ class StreamWriter:
                 run.pending.clear()
                 self._dirty.pop(run, None)
                 self._buffered -= dropped
-                logger.error("%s", run.error)
+                logger.error("%s", run.error, extra=run_extra(run.keys.run_id, run.attempt))
             else:
                 run.seq, run.acked, run.cancel_requested = int(reply[0]), int(reply[1]), reply[2]
                 run.refreshed = time.monotonic()

@@ -22,6 +22,7 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
 
+from streaming import logs
 from streaming.control import cancel_reason
 from streaming.errors import FencedError, RunBusyError, RunClosedError
 from streaming.wire import Terminal
@@ -54,7 +55,8 @@ def execute(task: Task, run_id: str, generator: str, params: object) -> dict[str
     except RunClosedError:
         logger.info("run %s has already ended; nothing to do", run_id)
         return {"run_id": run_id, "ending": "ended"}
-    return Attempt(task, config, run).run(generator, params)
+    with logs.bind(run_id, run.attempt):
+        return Attempt(task, config, run).run(generator, params)
 
 
 class Attempt:
@@ -108,6 +110,8 @@ class Attempt:
         if self.watch.reason():
             return
         context = RunContext(self.run_writer.run_id, self.run_writer.attempt, self.config)
+        logger.info("run %s started: generator %s, after seq %d", self.run_writer.run_id,
+                    spec.name, self.run_writer.last_seq)
         chunks = spec.function(params, context)
         self._report(force=True)
         pump(self.run_writer, chunks, self.watch, self.summary, lambda _: self._report(),
@@ -129,6 +133,8 @@ class Attempt:
         """Write the run's ending and wait until every chunk is stored."""
         self.summary.last_seq = self.run_writer.finish(kind, message, type=type)
         self.summary.ending = kind.value
+        logger.info("run %s ended %s: %d chunks, last seq %d", self.run_writer.run_id,
+                    kind.value, self.summary.chunks, self.summary.last_seq)
         return self.summary.as_dict()
 
     def _read_cancel_flag(self) -> str:

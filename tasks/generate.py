@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Task, shared_task
 
+from streaming import logs
 from streaming.errors import InvalidRunId
 
 from . import GENERATE
@@ -21,4 +22,5 @@ __all__ = ["generate"]
 def generate(self: Task, run_id: str, generator: str, params: object = None) -> dict[str, Any]:
     """Stream the registered ``generator``'s output with ``params`` (a JSON object) into the
     run ``run_id``; returns a summary: chunks, bytes, seconds, ending, last_seq."""
-    return execute(self, run_id, generator, params)
+    with logs.bind(run_id):  # every line about the run says which (streaming.logs)
+        return execute(self, run_id, generator, params)

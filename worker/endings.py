@@ -22,6 +22,7 @@ from celery import signals
 from celery.exceptions import TimeLimitExceeded
 
 from streaming.errors import RunBusyError, RunClosedError, StreamingError
+from streaming.logs import run_extra
 from streaming.wire import Terminal
 from tasks import GENERATE
 
@@ -88,11 +89,13 @@ def _end(app: StreamingCelery, run_id: str, kind: Terminal, message: str) -> Non
         if kind is Terminal.CANCELLED and run.cancel_requested:
             message = run.cancel_requested  # the reason the canceller gave
         run.finish(kind, message)
-        logger.warning("run %s ended by the worker: %s (%s)", run_id, kind.value, message)
+        logger.warning("run %s ended by the worker: %s (%s)", run_id, kind.value, message,
+                       extra=run_extra(run_id, run.attempt))
     except (RunBusyError, RunClosedError):
-        logger.info("run %s is served by another attempt or has ended", run_id)
+        logger.info("run %s is served by another attempt or has ended", run_id,
+                    extra=run_extra(run_id))
     except StreamingError:
-        logger.exception("could not write the ending of run %s", run_id)
+        logger.exception("could not write the ending of run %s", run_id, extra=run_extra(run_id))
     finally:
         with _ending_lock:
             _ending.discard(run_id)

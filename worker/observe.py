@@ -1,4 +1,9 @@
-"""The worker's metrics and health endpoint, served by its main process for all its children.
+"""The worker's metrics, health endpoint and run-tagged logs.
+
+Logs: every handler Celery sets up gets ``TaskRunFilter``, so each line about a run starts with
+``run=<id> attempt=<n>`` (``streaming.logs``), Celery's own task lines included.
+
+Metrics and health: served by the main process for all its children.
 
 With ``WORKER_METRICS_PORT`` set, ``worker_init`` (in the main process, before the pool forks)
 points prometheus_client's multiprocess mode at a directory (``PROMETHEUS_MULTIPROC_DIR`` if
@@ -17,6 +22,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 import tempfile
 import time
 from typing import TYPE_CHECKING, Any
@@ -24,17 +30,19 @@ from typing import TYPE_CHECKING, Any
 from celery import signals
 from redis.exceptions import RedisError
 
-from streaming import exporter, metrics
+from streaming import exporter, logs, metrics
 from streaming.client import sync_client
+from tasks import GENERATE
 
 if TYPE_CHECKING:
     from .factory import StreamingCelery
 
-__all__ = ["connect", "health"]
+__all__ = ["TaskRunFilter", "connect", "health"]
 
 logger = logging.getLogger(__name__)
 _MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
 _PING_TIMEOUT = 2.0
+_ATTEMPT = re.compile(r"'attempt': (\d+)")
 
 
 def connect(app: StreamingCelery) -> None:
@@ -54,6 +62,11 @@ def connect(app: StreamingCelery) -> None:
         while served:
             served.pop().close()
 
+    def setup_logger(logger: logging.Logger | None = None, **_: Any) -> None:
+        logs.install(logger, TaskRunFilter())
+
+    signals.after_setup_logger.connect(setup_logger, weak=False)
+    signals.after_setup_task_logger.connect(setup_logger, weak=False)
     signals.worker_init.connect(worker_init, weak=False)
     signals.worker_ready.connect(worker_ready, weak=False)
     signals.worker_shutdown.connect(worker_shutdown, weak=False)
@@ -77,6 +90,24 @@ def _multiprocess_dir() -> str:
         path = tempfile.mkdtemp(prefix="streaming-metrics-")
     metrics.use_multiprocess(path)
     return path
+
+
+class TaskRunFilter(logs.RunFilter):
+    """``streaming.logs.RunFilter`` that also knows Celery's own lines about a run's task
+    (received, succeeded, failed): their arguments name the task and its id, the run id."""
+
+    def run_of(self, record: logging.LogRecord) -> tuple[str, int | None] | None:
+        run = super().run_of(record)
+        args = record.args
+        # The name is the run's shadow name, "tasks.generate[<generator>]".
+        name = str(args.get("name", "")) if isinstance(args, dict) else ""
+        if run is None and isinstance(args, dict) and name.split("[", 1)[0] == GENERATE:
+            run_id = args.get("id")
+            # A succeeded line's return value is the attempt's summary: it tells the attempt.
+            attempt = _ATTEMPT.search(str(args.get("return_value", "")))
+            if isinstance(run_id, str):
+                return run_id, int(attempt[1]) if attempt else None
+        return run
 
 
 class _Health:
