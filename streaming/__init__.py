@@ -6,6 +6,8 @@ The library half of the project: it never imports Celery, so web processes impor
 - ``ReaderHub``: the shared, blocking reader of a web process (many readers, few connections).
 - ``read_events()``: a blocking reader for threads and command-line tools.
 - ``sse_frames()``: SSE text with ``id:`` lines and keepalive pings.
+- ``mark_pending()``, ``end_run()``, ``sweep()``, ``list_runs()``, ``run_status()``: run
+  control for any process (``streaming.control``): queued runs, stored endings, the run index.
 - ``Settings``: every knob, read from the environment once (``STREAMING_CLUSTER`` or a
   ``redis+cluster://`` URL: the store is a Redis Cluster; see ``streaming.cluster``).
 - ``TokenSigner``: signed, expiring read tokens scoped to one run.
@@ -15,12 +17,18 @@ not imported here.
 """
 
 from .control import (
+    aend_run,
+    alist_runs,
     amark_pending,
     arequest_cancel,
     arun_status,
+    asweep,
+    end_run,
+    list_runs,
     mark_pending,
     request_cancel,
     run_status,
+    sweep,
 )
 from .cursor import RunStatus
 from .errors import (
@@ -80,10 +88,15 @@ __all__ = [
     "Unauthenticated",
     "WriterError",
     "WriterStateError",
+    "aend_run",
+    "alist_runs",
     "amark_pending",
     "arequest_cancel",
     "arun_status",
+    "asweep",
     "encode_frame",
+    "end_run",
+    "list_runs",
     "mark_pending",
     "parse_cursor",
     "read_events",
@@ -91,5 +104,6 @@ __all__ = [
     "run_status",
     "shared_writer",
     "sse_frames",
+    "sweep",
     "validate_run_id",
 ]

@@ -116,16 +116,15 @@ def _rows(client: SyncClient, settings: Settings, ids: list[str], now: float) ->
     with client.pipeline(transaction=False) as pipe:
         for k in keys:
             pipe.execute_command("EVAL", scripts.STATUS.source, 3, k.meta, k.lease, k.stream)
-            pipe.hget(k.meta, "queued")
             pipe.execute_command("XRANGE", k.stream, "-", "+", "COUNT", 1)
             pipe.execute_command("XREVRANGE", k.stream, "+", "-", "COUNT", 1)
         replies = pipe.execute(raise_on_error=False)
     for i, k in enumerate(keys):
-        status_reply, queued, first, last = replies[4 * i:4 * i + 4]
+        status_reply, first, last = replies[3 * i:3 * i + 3]
         if isinstance(status_reply, Exception):
             continue  # not a run (a key of another kind): nothing to list
         status = RunStatus.from_reply(status_reply[0])
-        started = _seconds(queued) or _stamp(first)
+        started = _seconds(status.queued, scale=1000) or _stamp(first)
         written = _stamp(last)
         yield RunRow(k.run_id, status.state, status.attempt, status.last_seq, status.ending,
                      _since(now, started), _since(now, written))

@@ -27,7 +27,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -229,6 +228,9 @@ class ClusterFollower(Follower):
         if key in self.pos and id_key(self.pos[key]) < (0, status.last_seq):
             self._mark(key)  # a notification was lost: read what it announced
 
+    def _stored(self, key: str) -> None:
+        self._mark(key)  # its notification may come before the read: read it anyway
+
     def _mark(self, key: str) -> None:
         self.dirty[key] = None
         self.changed.set()
@@ -267,15 +269,12 @@ class ClusterFollower(Follower):
     # -- the follower's task -----------------------------------------------------------------
 
     async def run(self) -> None:
-        settings = self.hub.settings
         delay = _BACKOFF_MIN
-        next_check = time.monotonic() + settings.liveness_interval
         while not self.closed:
             if not (self.dirty or self.unrouted or self.leaving):
                 self.changed.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.changed.wait(),
-                                           max(next_check - time.monotonic(), 0.0))
+                    await asyncio.wait_for(self.changed.wait(), max(self.next_check_in(), 0.0))
             try:
                 await self._subscriptions()
                 await self._read_dirty()
@@ -286,8 +285,7 @@ class ClusterFollower(Follower):
                 self.refresh = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX)
-            if time.monotonic() >= next_check:
-                next_check = time.monotonic() + settings.liveness_interval
+            if self.next_check_in() <= 0:
                 await self._check_quiet_runs()
 
     async def _subscriptions(self) -> None:

@@ -1,18 +1,19 @@
 """What every reader does with a run's entries, independent of how they were fetched.
 
 ``RunCursor`` turns stream entries into events: it skips what the cursor already has, names gaps
-(trimmed history), stops at the terminal entry, and decides from a run's status whether a quiet
-run has lost its producer. The sync reader and the shared async hub both drive one.
+(trimmed history), stops at the terminal entry, and judges from a run's stored times whether a
+quiet run is overdue (its reader then stores the ending) and when to look again. The sync
+reader and the shared async hub both drive one.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidCursor
+from .settings import Settings
 from .wire import Event, RunKeys, Terminal, entry_event, made_event, parse_frame, terminal_of
 
 __all__ = [
@@ -21,19 +22,32 @@ __all__ = [
 ]
 
 Entry = tuple[str, dict[str, str]]
+#: Seconds a reader waits past a run's stored deadline before it checks again: the server's
+#: times are in milliseconds and a reader's timers are not exact.
+DEADLINE_SLACK = 0.25
 
 
 @dataclass(frozen=True)
 class RunStatus:
     """A run's state in Redis: ``missing``, ``pending`` (queued, not claimed yet), ``live``
     (a writer holds its lease), ``idle`` (claimed, lease lapsed: producer gone or stalled) or
-    ``ended``; ``stream`` tells whether its stream key exists (the seed writes no meta)."""
+    ``ended``; ``stream`` tells whether its stream key exists (the seed writes no meta).
+
+    The times are the server's, in milliseconds since the epoch (0 when not stored): ``now``
+    when the status was read, ``queued`` when the run was queued (``mark_pending``), and
+    ``lease_expires`` when its writer's lease expires or expired (set to the moment of a
+    ``release()``). ``due_in()`` judges from them alone, so every reader, whenever it
+    connected, reaches the same verdict at the same moment.
+    """
 
     state: str
     last_seq: int
     attempt: int
     ending: str
     stream: bool
+    now: int = 0
+    queued: int = 0
+    lease_expires: int = 0
 
     @classmethod
     def from_reply(cls, reply: Sequence[Any]) -> RunStatus:
@@ -46,11 +60,36 @@ class RunStatus:
         state, ending = str(reply[0]), str(reply[3])
         if reply[5]:  # the seed's stream ended: its ending frame tells how
             state, ending = "ended", terminal_of(*parse_frame(reply[5])).value
-        return cls(state, int(reply[1]), int(reply[2]), ending, reply[4] == "stream")
+        times = [int(t) for t in reply[6:9]] if len(reply) >= 9 else [0, 0, 0]
+        return cls(state, int(reply[1]), int(reply[2]), ending, reply[4] == "stream", *times)
 
     @property
     def terminal(self) -> Terminal | None:
         return Terminal(self.ending) if self.ending else None
+
+    def due_in(self, queue_timeout: float, producer_timeout: float) -> float | None:
+        """Seconds until the run is overdue by its stored times (<= 0: overdue now).
+
+        Queued runs are due ``queue_timeout`` after they were queued; claimed runs
+        ``producer_timeout`` after their lease expires (for a live run: the earliest moment it
+        could be overdue, should its writer stop now). ``None``: no deadline applies (ended,
+        missing, a seed stream, or a queued run with no stored queued time), or this client
+        may not read the server's clock (an ACL without ``TIME``).
+        """
+        if not self.now:  # the server's clock was not available to this client (its ACL)
+            return None
+        if self.state == "pending":
+            if not self.queued:
+                return None
+            return (self.queued - self.now) / 1000 + queue_timeout
+        if self.state in ("live", "idle"):
+            return (self.lease_expires - self.now) / 1000 + producer_timeout
+        return None
+
+    def overdue(self, queue_timeout: float, producer_timeout: float) -> bool:
+        """Whether the guarded ending (``control.end_run(when="due")``) would end the run."""
+        due = self.due_in(queue_timeout, producer_timeout)
+        return self.state != "live" and due is not None and due <= 0
 
 
 #: A run whose stream key holds another kind of value: not a run (any more).
@@ -85,13 +124,13 @@ def id_key(entry_id: str) -> tuple[int, int]:
 class RunCursor:
     """Position of one reader in one run, and the rules for what it yields next."""
 
-    def __init__(self, keys: RunKeys, after: int, producer_timeout: float) -> None:
+    def __init__(self, keys: RunKeys, after: int, settings: Settings) -> None:
         self.keys = keys
         self.after = after
         self.last_id = stream_id_after(after)
         self.terminal: Terminal | None = None
-        self.producer_timeout = producer_timeout
-        self._idle_since: float | None = None
+        self.queue_timeout = settings.queue_timeout
+        self.producer_timeout = settings.producer_timeout
 
     @property
     def done(self) -> bool:
@@ -123,7 +162,6 @@ class RunCursor:
                 yield gap
             event = entry_event(fields)
             self.after = seq
-            self._idle_since = None
             self.terminal = event.terminal
             yield event
 
@@ -144,21 +182,39 @@ class RunCursor:
             self.terminal = status.terminal  # the reader already has the ending
         return []
 
-    def check_alive(self, status: RunStatus, now: float | None = None) -> list[Event]:
-        """On a quiet run: the ending event if its producer is gone, else nothing."""
-        now = time.monotonic() if now is None else now
+    def overdue(self, status: RunStatus) -> bool:
+        """Whether the run is overdue by its stored times: its reader should store its ending
+        (``control.end_if_overdue``) and then read it like any entry."""
+        return not self.done and status.overdue(self.queue_timeout, self.producer_timeout)
+
+    def next_check(self, status: RunStatus, longest: float) -> float:
+        """Seconds until the run's status is worth checking again: when its stored deadline
+        comes due (plus a little slack for the clocks' rounding), at most ``longest``."""
+        due = status.due_in(self.queue_timeout, self.producer_timeout)
+        if due is None:
+            return longest
+        return min(max(due + DEADLINE_SLACK, DEADLINE_SLACK), longest)
+
+    def check_alive(self, status: RunStatus, *, unwritable: bool = False) -> list[Event]:
+        """On a quiet run: the ending event the reader makes up, if it must make one up.
+
+        A run whose data vanished (expired, deleted, or the server restarted empty) ends
+        ``lost``: there is nothing left to store an ending in. An overdue run's ending is
+        stored (``control.end_if_overdue``) and read like any entry; only a reader whose
+        server refused that write (``unwritable``: an ACL without write permission, a
+        read-only replica) makes it up here, the same kind and message the store would have.
+        """
         if status.state == "missing" and not status.stream:
             return self._end(Terminal.LOST, f"run {self.keys.run_id}'s data vanished "
                              "(expired, deleted, or the server restarted empty)")
-        if status.state != "idle":
-            self._idle_since = None
+        if not unwritable or not self.overdue(status):
             return []
-        if self._idle_since is None:
-            self._idle_since = now
-        if now - self._idle_since < self.producer_timeout:
-            return []
+        if status.state == "pending":
+            return self._end(Terminal.TIMEOUT, f"no worker started run {self.keys.run_id} "
+                             f"within {self.queue_timeout:g} s of its being queued")
         return self._end(Terminal.LOST, f"run {self.keys.run_id}'s producer stopped without "
-                         f"an ending (no writer for {self.producer_timeout:g} s)")
+                         f"an ending (no writer for {self.producer_timeout:g} s after its "
+                         "lease lapsed)")
 
     def _end(self, kind: Terminal, message: str) -> list[Event]:
         self.terminal = kind

@@ -2,11 +2,13 @@
 
 A ``Follower`` keeps the readers of many runs (``Sub``: one reader's mailbox), the position up
 to which it has read each run, and hands every batch it reads to the run's readers; a reader
-that falls ``reader_queue`` entries behind is detached and catches up on its own. Once per
-``liveness_interval`` it asks for the status of the runs whose readers heard nothing, so they
-can tell a quiet producer from a dead one. How a follower learns of new entries is its
-subclass's job: one blocking ``XREAD`` over every followed stream on a single server
-(``streaming.hub``), shard-channel notifications in a cluster (``streaming.cluster``).
+that falls ``reader_queue`` entries behind is detached and catches up on its own. It asks for
+the status of a followed run that was quiet for ``liveness_interval``, or sooner when the run's
+stored deadline comes due (``RunCursor.next_check``); an overdue run gets its stored ending
+(``control.aend_if_overdue``), which the follower then reads and hands over like any entry.
+How a follower learns of new entries is its subclass's job: one blocking ``XREAD`` over every
+followed stream on a single server (``streaming.hub``), shard-channel notifications in a cluster
+(``streaming.cluster``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from redis.exceptions import ResponseError
+
 from .client import TRANSIENT
+from .control import ending_refused
 from .cursor import NOT_A_RUN, Entry, RunCursor, RunStatus, id_key
 
 if TYPE_CHECKING:
@@ -40,7 +45,8 @@ class Sub:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     lagged: bool = False
     status: RunStatus | None = None
-    heard: float = field(default_factory=time.monotonic)
+    #: The store refused this process the guarded ending: the reader makes it up.
+    unwritable: bool = False
 
 
 class Follower:
@@ -59,14 +65,24 @@ class Follower:
         self.task: asyncio.Task[None] | None = None
         self.closed = False
         self.reads = 0
+        #: Per followed stream key, when (``time.monotonic()``) to check the run's status.
+        self.check_at: dict[str, float] = {}
 
     async def run(self) -> None:
         raise NotImplementedError
 
-    def add(self, sub: Sub) -> None:
+    def add(self, sub: Sub, check_in: float | None = None) -> None:
+        """Follow ``sub``'s run; ``check_in``: seconds until its status is worth checking
+        (its stored deadline, from the status the reader opened with)."""
         key = sub.cursor.keys.stream
         new = key not in self.subs
         self.subs.setdefault(key, set()).add(sub)
+        longest = self.hub.settings.liveness_interval
+        at = time.monotonic() + (longest if check_in is None else min(check_in, longest))
+        if new or at < self.check_at[key]:
+            self.check_at[key] = at
+            if not new:
+                self._sooner()
         if new or id_key(sub.sent_id) < id_key(self.pos[key]):
             self.pos[key] = sub.sent_id
             self._behind(key)
@@ -80,6 +96,7 @@ class Follower:
             if not subs:
                 del self.subs[key]
                 self.pos.pop(key, None)
+                self.check_at.pop(key, None)
                 self._unfollowed(key)
 
     def _behind(self, key: str) -> None:
@@ -91,14 +108,31 @@ class Follower:
     def _checked(self, key: str, status: RunStatus) -> None:
         """The liveness check found ``status`` for the quiet run of ``key``."""
 
+    def _sooner(self) -> None:
+        """A followed run's next check moved earlier than the follower may be waiting."""
+
+    def _stored(self, key: str) -> None:
+        """This follower stored an entry (an ending) in ``key``: it must be read."""
+
+    def _heard(self, key: str) -> None:
+        if key in self.check_at:  # its producer was heard from: check it again later
+            self.check_at[key] = time.monotonic() + self.hub.settings.liveness_interval
+
+    def next_check_in(self) -> float:
+        """Seconds until the next status check is due (at most ``liveness_interval``)."""
+        longest = self.hub.settings.liveness_interval
+        if not self.check_at:
+            return longest
+        return min(min(self.check_at.values()) - time.monotonic(), longest)
+
     def dispatch(self, key: str, after: str, entries: list[Entry]) -> None:
         """Hand ``entries`` (read from just ``after``) to the readers of ``key``."""
         subs = self.subs.get(key)
         if not subs or not entries:
             return
         limit = self.hub.settings.reader_queue
-        now = time.monotonic()
         behind: str | None = None
+        self._heard(key)
         for sub in list(subs):
             if id_key(sub.sent_id) < id_key(after):
                 # It joined, further back, while this read was in flight: the batch does not
@@ -117,7 +151,6 @@ class Follower:
             else:
                 sub.entries.extend(new)
                 sub.sent_id = new[-1][0]
-                sub.heard = now
             sub.wake.set()
         if key in self.pos:
             self.pos[key] = entries[-1][0] if behind is None else behind
@@ -130,28 +163,50 @@ class Follower:
             sub.status = NOT_A_RUN
             sub.wake.set()
         self.pos.pop(key, None)
+        self.check_at.pop(key, None)
         self._unfollowed(key)
 
     async def _check_quiet_runs(self) -> None:
-        cutoff = time.monotonic() - self.hub.settings.liveness_interval
-        quiet: dict[str, list[Sub]] = {}
-        for subs in self.subs.values():
-            for sub in subs:
-                if sub.heard <= cutoff:
-                    quiet.setdefault(sub.cursor.keys.run_id, []).append(sub)
-        runs = list(quiet)
-        for start in range(0, len(runs), _STATUS_KEYS):
-            chunk = runs[start:start + _STATUS_KEYS]
+        """Check the runs whose check is due: one status command for many runs; an overdue
+        run's ending is stored, then read like any entry."""
+        now = time.monotonic()
+        due = [key for key, at in self.check_at.items() if at <= now]
+        longest = self.hub.settings.liveness_interval
+        for key in due:  # checked again after this unless the check says sooner
+            self.check_at[key] = now + longest
+        for start in range(0, len(due), _STATUS_KEYS):
+            keys = [k for k in due[start:start + _STATUS_KEYS] if k in self.subs]
+            runs = [next(iter(self.subs[k])).cursor.keys for k in keys]
             try:
-                statuses = await self.hub.statuses([quiet[r][0].cursor.keys for r in chunk])
+                statuses = await self.hub.statuses(runs)
             except TRANSIENT as exc:
                 logger.warning("reader hub: liveness check failed: %s", exc)
                 return
-            for run, status in zip(chunk, statuses, strict=True):
-                for sub in quiet[run]:
-                    sub.status = status
-                    sub.wake.set()
-                self._checked(quiet[run][0].cursor.keys.stream, status)
+            for key, status in zip(keys, statuses, strict=True):
+                if key in self.subs:
+                    await self._judge(key, status)
+
+    async def _judge(self, key: str, status: RunStatus) -> None:
+        """Act on the status of the quiet run of ``key`` and hand it to its readers."""
+        self._checked(key, status)
+        cursor = next(iter(self.subs[key])).cursor
+        unwritable = False
+        if cursor.overdue(status):
+            try:
+                await self.hub.end_overdue(cursor.keys)
+                self._stored(key)
+            except ResponseError as exc:
+                unwritable = ending_refused(exc)
+                if not unwritable:
+                    logger.warning("reader hub: storing an overdue run's ending failed: %s", exc)
+            except TRANSIENT as exc:
+                logger.warning("reader hub: storing an overdue run's ending failed: %s", exc)
+        elif key in self.check_at:
+            longest = self.hub.settings.liveness_interval
+            self.check_at[key] = time.monotonic() + cursor.next_check(status, longest)
+        for sub in self.subs.get(key, ()):
+            sub.status, sub.unwritable = status, unwritable
+            sub.wake.set()
 
     async def close(self, timeout: float) -> None:
         """Stop reading (readers still waiting end with the hub's error)."""

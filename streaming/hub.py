@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 
-from . import cluster, scripts
+from . import cluster, control, scripts
 from . import metrics as _metrics
 from .client import TRANSIENT, AsyncClient, async_client
 from .cursor import NOT_A_RUN, Entry, RunCursor, RunStatus, wrong_type, xread_reply
@@ -76,9 +75,12 @@ class _Shard(Follower):
         finally:
             self.unblocking = False
 
+    def _sooner(self) -> None:
+        if self.reading is not None:
+            self._unblock()  # its blocking read may last past the new check time
+
     async def run(self) -> None:
         delay = 0.05
-        next_check = time.monotonic() + self.hub.settings.liveness_interval
         while not self.closed:
             if not self.subs:
                 self.changed.clear()
@@ -95,8 +97,7 @@ class _Shard(Follower):
                     await self.client.aclose()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-            if time.monotonic() >= next_check:
-                next_check = time.monotonic() + self.hub.settings.liveness_interval
+            if self.next_check_in() <= 0:
                 await self._check_quiet_runs()
 
     async def _read_once(self) -> None:
@@ -105,7 +106,7 @@ class _Shard(Follower):
             if not self.pos:
                 return  # every reader left while the connection was set up
         settings = self.hub.settings
-        block = min(settings.block_timeout, settings.liveness_interval)
+        block = max(min(settings.block_timeout, self.next_check_in()), 0.01)
         self.reading = dict(self.pos)
         try:
             streams: dict[Any, Any] = self.reading
@@ -181,7 +182,7 @@ class ReaderHub:
         if not self._shards:
             raise ReaderError("reader hub not started: await hub.start() first")
         keys = RunKeys.for_run(run_id, hash_tag=self.settings.cluster_hash_tags)
-        cursor = RunCursor(keys, parse_cursor(starting_after), self.settings.producer_timeout)
+        cursor = RunCursor(keys, parse_cursor(starting_after), self.settings)
         return HubReader(self, cursor)
 
     def stats(self) -> dict[str, int]:
@@ -212,6 +213,12 @@ class ReaderHub:
                 reply = await self.client.eval(scripts.STATUS.source, len(keys), *keys)
         return [RunStatus.from_reply(item) for item in reply]
 
+    async def end_overdue(self, run: RunKeys) -> Terminal | None:
+        """Store the ending of an overdue run (``control.aend_if_overdue``); its ending after
+        the call. The server's refusal (``control.ending_refused()``) if this hub may not write."""
+        async with self._gate:
+            return await control.aend_if_overdue(self.client, run.run_id, self.settings)
+
     async def _entries_after(self, key: str, after: str, count: int) -> list[Entry]:
         """Up to ``count`` entries of stream ``key`` after entry id ``after``, without blocking.
 
@@ -230,6 +237,7 @@ class HubReader:
         self.hub = hub
         self.cursor = cursor
         self._start: list[Event] | None = None
+        self._check_in: float | None = None
         #: The run's attempt when it was opened (for log lines), None before.
         self.attempt: int | None = None
 
@@ -254,9 +262,18 @@ class HubReader:
         left to send: an HTTP server answers 204), or if the run does not exist.
         """
         if self._start is None:
-            status = (await self.hub.statuses([self.cursor.keys]))[0]
+            cursor = self.cursor
+            status = (await self.hub.statuses([cursor.keys]))[0]
             self.attempt = status.attempt
-            self._start = self.cursor.check_start(status)
+            self._start = cursor.check_start(status)
+            self._check_in = cursor.next_check(status, self.hub.settings.liveness_interval)
+            if cursor.overdue(status):
+                try:  # stored here, then read like any entry
+                    await self.hub.end_overdue(cursor.keys)
+                except ResponseError as exc:
+                    if not control.ending_refused(exc):
+                        raise
+                    self._start = cursor.check_alive(status, unwritable=True)
         return self
 
     async def __aiter__(self) -> AsyncIterator[Event]:
@@ -298,7 +315,7 @@ class HubReader:
         cursor = self.cursor
         shard = self.hub._shard(cursor.keys.stream)
         sub = Sub(cursor, cursor.last_id)
-        shard.add(sub)
+        shard.add(sub, self._check_in)
         try:
             while not cursor.done and not sub.lagged:
                 await sub.wake.wait()
@@ -310,7 +327,7 @@ class HubReader:
                     yield event
                 if sub.status is not None and not cursor.done:
                     status, sub.status = sub.status, None
-                    for event in cursor.check_alive(status):
+                    for event in cursor.check_alive(status, unwritable=sub.unwritable):
                         yield event
         finally:
             shard.remove(sub)

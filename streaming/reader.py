@@ -6,12 +6,13 @@ readers use the shared ``streaming.hub.ReaderHub`` instead.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from redis.exceptions import ResponseError
 
 from .client import SyncClient
-from .control import run_status
+from .control import end_if_overdue, ending_refused, run_status
 from .cursor import NOT_A_RUN, RunCursor, RunStatus, wrong_type, xread_reply
 from .settings import Settings
 from .wire import Event, RunKeys, Terminal, parse_cursor
@@ -26,6 +27,12 @@ class RunReader:
 
     ``terminal`` tells how the run ended once iteration stops (also when the cursor was
     already past the ending and nothing was yielded).
+
+    A quiet run's status is checked when its stored deadline comes due and at least every
+    ``liveness_interval``; an overdue run's ending is stored (``control.end_if_overdue``) and
+    then read like any entry, so it has its ``id:`` and equals what every other reader and any
+    later attempt sees. Only if the server refuses that write (a client without write
+    permission) does the reader make the ending up, with the same kind and message.
     """
 
     def __init__(self, client: SyncClient, run_id: str, settings: Settings, *,
@@ -33,7 +40,8 @@ class RunReader:
         self.client = client
         self.settings = settings
         keys = RunKeys.for_run(run_id, hash_tag=settings.cluster_hash_tags)
-        self.cursor = RunCursor(keys, parse_cursor(starting_after), settings.producer_timeout)
+        self.cursor = RunCursor(keys, parse_cursor(starting_after), settings)
+        self._check_at = 0.0
 
     @property
     def terminal(self) -> Terminal | None:
@@ -41,12 +49,14 @@ class RunReader:
 
     def __iter__(self) -> Iterator[Event]:
         cursor = self.cursor
-        yield from cursor.check_start(self._status())
-        block_ms = int(min(self.settings.liveness_interval, self.settings.block_timeout) * 1000)
+        status = self._status()
+        yield from cursor.check_start(status)
+        yield from self._end_if_overdue(status)
         while not cursor.done:
+            block = max(self._check_at - time.monotonic(), 0.01)
             try:
                 reply = xread_reply(self.client.xread(
-                    {cursor.keys.stream: cursor.last_id}, count=_BATCH, block=block_ms))
+                    {cursor.keys.stream: cursor.last_id}, count=_BATCH, block=int(block * 1000)))
             except ResponseError as exc:
                 if not wrong_type(exc):
                     raise
@@ -54,11 +64,28 @@ class RunReader:
                 return
             if reply:
                 yield from cursor.feed(reply[0][1])
-            else:
-                yield from cursor.check_alive(self._status())
+            elif time.monotonic() >= self._check_at:
+                status = self._status()
+                yield from cursor.check_alive(status)
+                yield from self._end_if_overdue(status)
 
     def _status(self) -> RunStatus:
-        return run_status(self.client, self.cursor.keys.run_id, self.settings)
+        status = run_status(self.client, self.cursor.keys.run_id, self.settings)
+        longest = min(self.settings.liveness_interval, self.settings.block_timeout)
+        self._check_at = time.monotonic() + self.cursor.next_check(status, longest)
+        return status
+
+    def _end_if_overdue(self, status: RunStatus) -> list[Event]:
+        if not self.cursor.overdue(status):
+            return []
+        try:
+            end_if_overdue(self.client, self.cursor.keys.run_id, self.settings)
+        except ResponseError as exc:
+            if not ending_refused(exc):
+                raise
+            return self.cursor.check_alive(status, unwritable=True)
+        self._check_at = time.monotonic()  # read the stored ending at once
+        return []
 
 
 def read_events(client: SyncClient, run_id: str, settings: Settings, *,

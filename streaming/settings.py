@@ -53,7 +53,7 @@ class Settings:
     #: How long Redis may stay unreachable before writers raise ``StoreUnavailableError``.
     unavailable_timeout: float = 30.0
     #: Lease of a run's writer; refreshed every third of it. A run whose lease lapsed and
-    #: that has no terminal entry has lost its producer.
+    #: that has no terminal entry has lost its producer (or it is stalled, or cut off).
     lease_ttl: float = 10.0
     #: Most entries sent for one run in one flush.
     max_batch: int = 1000
@@ -64,13 +64,29 @@ class Settings:
     #: Longest single blocking read of the shared reader; a waiting reader costs one
     #: command per this interval, shared by every reader of the process.
     block_timeout: float = 20.0
-    #: How often readers waiting on quiet runs check that the runs' producers are alive: two
+    #: Longest time between two checks of a quiet run's status by its readers: two
     #: server-side calls per quiet run and interval (0.08 per second at the default), one
-    #: command for many runs.
+    #: command for many runs. Readers also check when a run's stored deadline
+    #: (``queue_timeout``, ``producer_timeout``) comes due, so an overdue run gets its stored
+    #: ending within a moment of its deadline, not up to this much later.
     liveness_interval: float = 25.0
-    #: How long a run may have no live producer (and no terminal entry) before readers end
-    #: it with a ``lost`` terminal error. Covers a queued run whose task has not started.
+    #: The requeue grace: how long a claimed run may have no live lease (and no terminal
+    #: entry) before it is overdue and gets a stored ``lost`` ending. Counted from the lease's
+    #: stored expiry, by the server's clock. Shorter ends a dead run sooner, but may declare
+    #: lost a run whose retried or redelivered attempt is merely slow to start (a busy pool, a
+    #: worker restarting); that late attempt then finds the run ended and writes nothing.
+    #: Longest time from a producer's death to the stored ending: ``lease_ttl +
+    #: producer_timeout`` plus the check's slack (a reader's next check or the worker's
+    #: sweep interval), 40 s and a little at the defaults.
     producer_timeout: float = 30.0
+    #: How long a queued run (``mark_pending``) may wait for a worker to claim it before it
+    #: is overdue and gets a stored ``timeout`` ending (its message says so); a delivery of
+    #: its task after that finds the run ended and writes nothing. 15 minutes by default:
+    #: runs last minutes and a busy pool queues runs for a while, so a queue deadline near a
+    #: run's own length would end runs that were merely waiting their turn; yet a message
+    #: stranded unacked by a broker or store restart (redelivered only after the broker's
+    #: visibility timeout, an hour or more) no longer holds its readers that long.
+    queue_timeout: float = 900.0
     #: Entries a reader may have waiting before it is detached from the shared read and
     #: catches up on its own (protects the shared read from one slow client). Also the most
     #: it fetches at once while catching up: a client that stops reading holds at most this

@@ -19,9 +19,16 @@ This project adds, without changing what the seed reads:
   the seed (time-based ids) are read by filtering on ``seq_id``.
 - ``sse:run:<run_id>:meta``, a hash: ``owner`` (the writer's token), ``acked`` (how many of the
   owner's chunks are stored, for exactly-once retries), ``seq`` (last seq id), ``attempt``
-  (claims so far) and ``end`` (the terminal kind, once written);
+  (claims so far), ``end`` (the terminal kind, once written), ``chunks`` (output chunks stored
+  by the attempts the current one continues: ``restarted`` events and the ending not counted),
+  and server times in ms: ``queued`` (when it was queued) and ``expires`` (when the writer's
+  lease expires or expired);
 - ``sse:run:<run_id>:lease``, the owner's token with a short expiry that the live writer
-  refreshes: no lease and no terminal entry means the producer is gone.
+  refreshes: no lease and no terminal entry means the producer is gone;
+- ``sse:runs``, the run index (``RUN_INDEX``).
+
+Endings the project decides (a queued run never started, a producer lost) are stored like
+any other: the ``END`` script (``streaming.scripts``) appends the terminal entry.
 
 With ``cluster_hash_tags`` the run id is written as ``{<run_id>}`` in all three keys so they
 share one Redis Cluster slot. In a cluster, writers also publish each batch's last seq id on the
@@ -53,6 +60,11 @@ __all__ = [
 ]
 
 KEY_PREFIX = "sse:run:"
+#: The run index: a sorted set of the run ids of unfinished runs (score: when the run was
+#: queued or first claimed, server time in ms), for ``control.sweep`` and ``control.list_runs``.
+#: One key for every run, so in a cluster it lives in its own slot: it is updated by separate,
+#: best-effort commands, never inside a run's scripts.
+RUN_INDEX = "sse:runs"
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 #: Largest cursor accepted: 2**53 - 1, the largest integer a JSON client reads exactly.
 MAX_SEQ = 2**53 - 1
@@ -232,7 +244,7 @@ def terminal_of(event: str, data: str) -> Terminal:
 
 def made_event(kind: Terminal | str, payload: dict[str, Any], *, terminal: bool = True) -> Event:
     """An event the reader makes up (not stored): a gap, or an ending it detected itself."""
-    name = "error" if kind in (Terminal.LOST, Terminal.NOT_FOUND) else str(kind)
+    name = "error" if kind in (Terminal.LOST, Terminal.NOT_FOUND, Terminal.TIMEOUT) else str(kind)
     data = json.dumps(payload)
     return Event(None, name, data, encode_frame(data, name),
                  Terminal(kind) if terminal else None)

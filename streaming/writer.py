@@ -28,7 +28,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from redis.exceptions import NoScriptError, OutOfMemoryError
+from redis.exceptions import NoScriptError, OutOfMemoryError, ResponseError
 
 from . import metrics as _metrics
 from . import scripts
@@ -45,7 +45,7 @@ from .errors import (
 )
 from .logs import run_extra
 from .settings import Settings
-from .wire import RunKeys, Terminal, check_frame_size, encode_frame, terminal_frame
+from .wire import RUN_INDEX, RunKeys, Terminal, check_frame_size, encode_frame, terminal_frame
 
 __all__ = ["RunWriter", "StreamWriter", "WriterStats", "shared_writer"]
 
@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _TRANSIENT = TRANSIENT
 _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
+#: Failures of the best-effort run index update: logged, never a failed claim.
+_INDEX_ERRORS: tuple[type[Exception], ...] = (*TRANSIENT, ResponseError)
 
 
 class _NoRoom(Exception):
@@ -86,6 +88,8 @@ class _Run:
     error: WriterError | None = None
     cancel_requested: str = ""
     refreshed: float = field(default_factory=time.monotonic)
+    resumed_chunks: int = 0  # output chunks of earlier attempts this attempt continues after
+    output_from: int = 1  # local index of the first output chunk (after ``restarted``)
 
 
 class StreamWriter:
@@ -172,44 +176,57 @@ class StreamWriter:
     # -- runs ------------------------------------------------------------------------------
 
     def open(self, run_id: str, *, token: str | None = None, wait: float = 0.0,
-             announce_restart: bool = True) -> RunWriter:
+             announce_restart: bool = True, resume: bool = False) -> RunWriter:
         """Claim ``run_id`` for this writer and return its handle (blocks on Redis I/O).
 
         A run another live writer holds raises ``RunBusyError`` after waiting up to ``wait``
-        seconds for its lease to lapse; an ended run raises ``RunClosedError``, and one whose
-        keys hold another kind of value (someone else's) ``WriterError``. A run claimed
-        before by another writer (a retried or redelivered task) goes on with the next seq
-        id, after a ``restarted`` event carrying the attempt number. ``announce_restart=False``
-        leaves that event out: for a claim made only to write the ending of a run whose
-        producer died (the run does not restart).
+        seconds for its lease to lapse; an ended run raises ``RunClosedError`` (also when
+        the run was ended for it: queued too long, or its producer lost), and one whose keys
+        hold another kind of value (someone else's) ``WriterError``.
+
+        A run claimed before by another writer (a retried or redelivered task) goes on with
+        the next seq id, after a ``restarted`` event with data ``{"attempt": N, "resume":
+        true|false, "chunks": K, "last_seq": S}``: S is the last seq id stored before it, K
+        (``RunWriter.resumed_chunks``) the output chunks earlier attempts stored that this
+        attempt continues after. ``resume=False`` (the default) starts the output over: K is
+        0 and clients drop what they showed of the run before the event; ``resume=True``
+        continues after chunk K (for a generator that can skip what it already produced).
+        ``announce_restart=False`` leaves the event out: for a claim made only to write the
+        ending of a run whose producer died (the run does not restart).
         """
         keys = RunKeys.for_run(run_id, hash_tag=self.settings.cluster_hash_tags)
         token = token or uuid.uuid4().hex
         deadline = time.monotonic() + self.settings.unavailable_timeout + wait
-        run = self._call(self._claim(keys, token, wait), deadline)
+        run = self._call(self._claim(keys, token, wait, resume), deadline)
         with self._cond:
             self._runs[run_id] = run
         _metrics.run_started(run.attempt)
         handle = RunWriter(self, run)
         if run.attempt > 1 and announce_restart:
-            handle.send(json.dumps({"attempt": run.attempt}), event="restarted")
+            run.output_from = 2
+            payload = {"attempt": run.attempt, "resume": resume, "chunks": run.resumed_chunks,
+                       "last_seq": run.seq}
+            handle.send(json.dumps(payload), event="restarted")
         return handle
 
     async def aopen(self, run_id: str, *, token: str | None = None, wait: float = 0.0,
-                    announce_restart: bool = True) -> RunWriter:
+                    announce_restart: bool = True, resume: bool = False) -> RunWriter:
         """``open()`` for async callers (on any loop but the writer's)."""
         return await asyncio.to_thread(self.open, run_id, token=token, wait=wait,
-                                       announce_restart=announce_restart)
+                                       announce_restart=announce_restart, resume=resume)
 
-    async def _claim(self, keys: RunKeys, token: str, wait: float) -> _Run:
+    async def _claim(self, keys: RunKeys, token: str, wait: float, resume: bool) -> _Run:
         give_up = time.monotonic() + wait
         while True:
             reply = await self._with_retry(
-                lambda: self._eval(scripts.CLAIM, keys, token, self._lease_ms(), self._ttl())
+                lambda: self._eval(scripts.CLAIM, keys, token, self._lease_ms(), self._ttl(),
+                                   int(resume))
             )
             status = reply[0]
             if status == "ok":
-                return _Run(keys, token, int(reply[1]), int(reply[2]), cancel_requested=reply[3])
+                await self._index(keys.run_id, int(reply[5]))
+                return _Run(keys, token, int(reply[1]), int(reply[2]), cancel_requested=reply[3],
+                            resumed_chunks=int(reply[4]) if resume else 0)
             if status == "ended":
                 raise RunClosedError(f"run {keys.run_id} already ended ({reply[1]})")
             if status == "wrongtype":
@@ -223,6 +240,17 @@ class StreamWriter:
                 )
             await asyncio.sleep(min(max(int(reply[1]), 10) / 1000, 0.25,
                                     max(give_up - time.monotonic(), 0.01)))
+
+    async def _index(self, run_id: str, now_ms: int) -> None:
+        """Add the run to the run index (``control.sweep`` ends it if its producer dies).
+
+        Best effort: the index lives in another slot than the run in a cluster, and the
+        readers end an overdue run themselves whether it is indexed or not.
+        """
+        try:
+            await self._get_client().zadd(RUN_INDEX, {run_id: now_ms}, nx=True)
+        except _INDEX_ERRORS as exc:
+            logger.warning("run %s not added to the run index: %s", run_id, exc)
 
     # -- the write path (any thread) -------------------------------------------------------
 
@@ -422,7 +450,7 @@ class StreamWriter:
         notify = keys.notify if self.settings.cluster else ""
         return [keys.stream, keys.meta, keys.lease, run.token, self._lease_ms(), self._ttl(),
                 self.settings.retention, self.settings.max_stream_length, chunks[0][0], ending,
-                chunks[-1][2], notify, *(frame for _, frame, _ in chunks)]
+                chunks[-1][2], notify, run.output_from, *(frame for _, frame, _ in chunks)]
 
     def _settle(self, run: _Run, chunks: list[tuple[int, str, int]], reply: Any) -> bool:
         """Record one run's reply; False when the chunks must be sent again."""
@@ -605,6 +633,15 @@ class RunWriter:
     def last_seq(self) -> int:
         """The last seq id Redis has stored for this run."""
         return self._run.seq
+
+    @property
+    def resumed_chunks(self) -> int:
+        """K: the output chunks earlier attempts stored that this attempt continues after.
+
+        0 for a first attempt and for one opened with ``resume=False`` (it starts over).
+        A resumable generator skips its first K chunks and goes on from there.
+        """
+        return self._run.resumed_chunks
 
     @property
     def sent(self) -> int:

@@ -65,7 +65,7 @@ def test_runs_lists_every_state_with_its_figures(store):
     assert rows["ended-run"]["last_seq"] == 11 and rows["ended-run"]["ending"] == "done"
     assert rows["failed-run"]["ending"] == "error"
     assert rows["queued-run"]["attempt"] == 0 and rows["queued-run"]["lag"] is None
-    for run in ("live-run", "idle-run", "ended-run"):
+    for run in ("queued-run", "live-run", "idle-run", "ended-run"):
         assert 0 <= rows[run]["lag"] < 60 and 0 <= rows[run]["age"] < 60
     only = cli_json(url, "runs", "--state", "live", "--state", "queued")
     assert sorted(row["run_id"] for row in only) == ["live-run", "queued-run"]

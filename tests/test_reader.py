@@ -10,6 +10,7 @@ from streaming import (
     InvalidCursor,
     InvalidRunId,
     ReaderHub,
+    RunClosedError,
     StreamWriter,
     Terminal,
     mark_pending,
@@ -102,16 +103,21 @@ def test_a_queued_run_is_waited_for(writer, client, settings, run_id):
 
 
 @pytest.mark.fault
-def test_a_dead_producer_ends_the_read_with_lost(writer, client, settings, run_id):
+def test_a_dead_producer_ends_the_read_with_a_stored_lost(writer, client, settings, run_id):
+    """The reader stores the ending (with its seq id) and reads it: a later attempt finds the
+    run ended instead of contradicting the reader."""
     run = write_run(writer, run_id, 2, ending=None)
     run.release()  # the producer is gone: no more lease refreshes
     started = time.monotonic()
     events = list(read_events(client, run_id, settings))
     waited = time.monotonic() - started
-    assert [e.seq for e in events] == [1, 2, None]
-    assert events[-1].terminal is Terminal.LOST and '"last_seq": 2' in events[-1].data
-    bound = settings.lease_ttl + settings.producer_timeout + 2 * settings.liveness_interval + 1
-    assert waited < bound
+    assert [e.seq for e in events] == [1, 2, 3]
+    assert events[-1].terminal is Terminal.LOST and "producer stopped" in events[-1].data
+    assert run_status(client, run_id, settings).terminal is Terminal.LOST
+    with pytest.raises(RunClosedError, match="already ended"):
+        writer.open(run_id)
+    # released: the grace counts from the release, checked when due (not every interval)
+    assert waited < settings.producer_timeout + settings.liveness_interval + 1
 
 
 @pytest.mark.fault
@@ -261,7 +267,7 @@ async def test_hub_reports_gaps_and_lost_producers_like_the_blocking_reader(writ
     run.release()
     async with ReaderHub(settings) as hub:
         events = await asyncio.wait_for(collect(hub, run_id), 15)
-    assert [e.seq for e in events] == [1, None]
+    assert [e.seq for e in events] == [1, 2]  # the ending is stored, with its seq id
     assert events[-1].terminal is Terminal.LOST
 
 

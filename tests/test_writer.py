@@ -1,5 +1,6 @@
 """The writer against a real server: format, sequence, fencing, exactly-once, outages, fork."""
 
+import json
 import multiprocessing
 import os
 import threading
@@ -79,25 +80,60 @@ def test_exactly_one_terminal_entry_and_no_writes_after_it(writer, redis_client,
     assert '"type": "ValueError"' in entries[-1][1]["data"]
 
 
-def test_a_new_writer_continues_the_run_after_a_restarted_event(settings, redis_client, run_id):
-    first = StreamWriter(settings).start()
-    run = first.open(run_id)
-    for i in range(3):
-        run.send(str(i))
-    run.flush()
-    first.stop()
-    redis_client.delete(f"sse:run:{run_id}:lease")  # the first process died; its lease lapsed
-    second = StreamWriter(settings).start()
+def attempt(settings, run_id, outputs, *, resume=False, ending=None):
+    """One attempt of a run in its own writer (process-like), which then dies: its lease is
+    dropped as a lapsed one would be. Returns the handle."""
+    writer = StreamWriter(settings).start()
     try:
-        again = second.open(run_id)
-        assert again.attempt == 2
-        again.send("after")
-        assert again.finish() == 6
+        run = writer.open(run_id, resume=resume)
+        for text in outputs:
+            run.send(text)
+        if ending is None:
+            run.flush()
+        else:
+            run.finish(ending)
     finally:
-        second.stop()
+        writer.stop()
+    return run
+
+
+def test_a_new_writer_continues_the_run_after_a_restarted_event(settings, redis_client, run_id):
+    attempt(settings, run_id, ["0", "1", "2"])
+    redis_client.delete(f"sse:run:{run_id}:lease")  # the first process died; its lease lapsed
+    again = attempt(settings, run_id, ["after"], ending=Terminal.DONE)
+    assert again.attempt == 2 and again.last_seq == 6 and again.resumed_chunks == 0
     events = list(read_events(sync_client(settings, reader=True), run_id, settings))
     assert [e.seq for e in events] == [1, 2, 3, 4, 5, 6]
-    assert events[3].event == "restarted" and events[3].data == '{"attempt": 2}'
+    assert events[3].event == "restarted"
+    assert json.loads(events[3].data) == {"attempt": 2, "resume": False, "chunks": 0,
+                                          "last_seq": 3}
+
+
+def test_a_resuming_attempt_continues_after_the_chunks_stored(settings, redis_client, run_id):
+    """``chunks`` counts output only (no ``restarted`` event, no ending); an attempt that
+    starts over resets it, and one that resumes continues after it."""
+    attempt(settings, run_id, ["a", "b", "c"])
+    redis_client.delete(f"sse:run:{run_id}:lease")
+    second = attempt(settings, run_id, ["d", "e"], resume=True)
+    assert (second.attempt, second.resumed_chunks) == (2, 3)
+    redis_client.delete(f"sse:run:{run_id}:lease")
+    third = attempt(settings, run_id, ["x"], resume=True)
+    assert (third.attempt, third.resumed_chunks) == (3, 5)
+    redis_client.delete(f"sse:run:{run_id}:lease")
+    fourth = attempt(settings, run_id, ["y", "z"], resume=False)
+    assert (fourth.attempt, fourth.resumed_chunks) == (4, 0)
+    redis_client.delete(f"sse:run:{run_id}:lease")
+    fifth = attempt(settings, run_id, [], resume=True, ending=Terminal.DONE)
+    assert (fifth.attempt, fifth.resumed_chunks) == (5, 2)
+    events = list(read_events(sync_client(settings, reader=True), run_id, settings))
+    restarts = [json.loads(e.data) for e in events if e.event == "restarted"]
+    assert restarts == [
+        {"attempt": 2, "resume": True, "chunks": 3, "last_seq": 3},
+        {"attempt": 3, "resume": True, "chunks": 5, "last_seq": 6},
+        {"attempt": 4, "resume": False, "chunks": 0, "last_seq": 8},
+        {"attempt": 5, "resume": True, "chunks": 2, "last_seq": 11},
+    ]
+    assert [e.seq for e in events] == list(range(1, 14))
 
 
 def test_a_live_writer_fences_a_second_one(settings, writer, run_id):
