@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from . import admin
 from .client import SyncClient, sync_client
+from .control import When, end_run, run_status
 from .errors import InvalidInput, StreamingError
 from .reader import read_events
 from .settings import Settings
@@ -150,6 +151,41 @@ def _print_detail(detail: admin.RunDetail) -> None:
     ]
     for name, value in lines:
         click.echo(f"{name + ':':<14}{value}")
+
+
+@main.command("end")
+@click.argument("run_id")
+@click.option("--reason", required=True, help="Why: the message readers get with the ending.")
+@click.option("--kind", type=click.Choice(["cancelled", "error", "timeout", "lost"]),
+              default="cancelled", show_default=True, help="The ending to store.")
+@click.option("--force", is_flag=True,
+              help="End it even over a live writer (which is fenced off).")
+@_JSON
+@_REDIS_URL
+def end_command(run_id: str, reason: str, kind: str, force: bool, as_json: bool,
+                redis_url: str) -> None:
+    """End RUN_ID by hand with REASON, through the guarded ending every reader sees.
+
+    A run whose writer is live is left alone unless --force. Exit status: 0 ended (now or
+    before), 1 not ended (live), 6 no such run.
+    """
+    client, settings = _client(redis_url)
+    before = _store_call(lambda: run_status(client, run_id, settings))
+    when: When = "always" if force else "not_live"
+    ending = _store_call(lambda: end_run(client, run_id, settings, kind, reason, when=when))
+    now = ending is not None and before.terminal is None
+    if as_json:
+        click.echo(json.dumps({"run_id": run_id, "ending": ending.value if ending else None,
+                               "ended_now": now, "state": admin.STATE_NAMES[before.state]}))
+    elif ending is None:
+        click.echo(f"run {run_id} not ended: it is {admin.STATE_NAMES[before.state]}"
+                   + (" (use --force to end it over its writer)" if before.state == "live"
+                      else ""))
+    else:
+        click.echo(f"run {run_id} {'ended' if now else 'had already ended'}: {ending.value}")
+    if ending is None:
+        missing = before.state == "missing" and not before.stream
+        sys.exit(EXIT_CODES[Terminal.NOT_FOUND] if missing else 1)
 
 
 @main.command("summary")

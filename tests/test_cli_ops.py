@@ -65,7 +65,8 @@ def test_runs_lists_every_state_with_its_figures(store):
     assert rows["ended-run"]["last_seq"] == 11 and rows["ended-run"]["ending"] == "done"
     assert rows["failed-run"]["ending"] == "error"
     assert rows["queued-run"]["attempt"] == 0 and rows["queued-run"]["lag"] is None
-    for run in ("queued-run", "live-run", "idle-run", "ended-run"):
+    assert 0 <= rows["queued-run"]["age"] < 60  # since it was queued (server clock)
+    for run in ("live-run", "idle-run", "ended-run"):
         assert 0 <= rows[run]["lag"] < 60 and 0 <= rows[run]["age"] < 60
     only = cli_json(url, "runs", "--state", "live", "--state", "queued")
     assert sorted(row["run_id"] for row in only) == ["live-run", "queued-run"]
@@ -104,3 +105,27 @@ def test_summary_counts_runs_streams_and_memory(store):
 def test_a_store_that_is_down_is_a_clear_error():
     done = cli("redis://127.0.0.1:1/0", "runs")
     assert done.returncode == 1 and done.stderr.startswith("error:")
+
+
+def test_end_by_hand_respects_a_live_writer_unless_forced(store):
+    url, _, _ = store
+    client = redis.Redis.from_url(url, decode_responses=True)
+    live = cli(url, "end", "live-run", "--reason", "operator")
+    assert live.returncode == 1 and "--force" in live.stdout
+    assert client.hget("sse:run:live-run:meta", "end") is None
+    idle = cli_json(url, "end", "idle-run", "--reason", "stuck", "--kind", "lost")
+    assert idle == {"run_id": "idle-run", "ending": "lost", "ended_now": True, "state": "idle"}
+    queued = cli(url, "end", "queued-run", "--reason", "never mind")
+    assert queued.returncode == 0 and "ended: cancelled" in queued.stdout
+    again = cli_json(url, "end", "ended-run", "--reason", "late")
+    assert again["ending"] == "done" and not again["ended_now"]
+    assert cli(url, "end", "no-such-run", "--reason", "x").returncode == 6
+    forced = cli_json(url, "end", "live-run", "--reason", "operator", "--force")
+    assert forced["ended_now"] and forced["ending"] == "cancelled"
+    # Every reader sees the stored ending with the reason.
+    last = client.xrevrange("sse:run:live-run", count=1)[0][1]
+    assert last["complete"] == "true" and "operator" in last["data"]
+    assert "stuck" in client.xrevrange("sse:run:idle-run", count=1)[0][1]["data"]
+    rows = {row["run_id"]: row["state"] for row in cli_json(url, "runs")}
+    assert set(rows.values()) == {"ended"}
+    client.close()
