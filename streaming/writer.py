@@ -33,6 +33,7 @@ from redis.exceptions import NoScriptError, OutOfMemoryError, ResponseError
 from . import metrics as _metrics
 from . import scripts
 from .client import TRANSIENT, AsyncClient, async_client
+from .deltas import MERGE_LIMIT, Delta, weights_arg
 from .errors import (
     BufferFullError,
     RunBusyError,
@@ -90,6 +91,9 @@ class _Run:
     refreshed: float = field(default_factory=time.monotonic)
     resumed_chunks: int = 0  # output chunks of earlier attempts this attempt continues after
     output_from: int = 1  # local index of the first output chunk (after ``restarted``)
+    delta: Delta | None = None  # the open text delta, not in ``pending`` yet (streaming.deltas)
+    last_delta: float = 0.0  # when the run's previous text delta was accepted (monotonic)
+    weights: dict[int, int] = field(default_factory=dict)  # merged entries not acked yet
 
 
 class StreamWriter:
@@ -266,6 +270,7 @@ class StreamWriter:
                 if not block:
                     raise _NoRoom
                 self._wait_for_room(run, size, room_timeout, outage=ending is None)
+            self._seal(run)
             run.accepted += 1
             run.pending.append((run.accepted, frame, int(time.time() * 1000)))
             run.ending = ending
@@ -280,6 +285,46 @@ class StreamWriter:
         if wake:
             self._wake()
         return run.accepted
+
+    def _accept_text(self, run: _Run, text: str) -> int:
+        """Buffer a text delta, merged into the run's open one when it is still waiting."""
+        size = len(text) + _CHUNK_OVERHEAD
+        with self._cond:
+            self._check_writable(run)
+            if self._buffered + size > self.settings.max_buffer_bytes:
+                self._wait_for_room(run, size, None, outage=True)
+            now = time.monotonic()
+            delta = run.delta
+            created = delta is None or not delta.fits(text)
+            if delta is None or created:
+                self._seal(run)
+                run.accepted += 1
+                delta = run.delta = Delta(run.accepted, int(time.time() * 1000), began=now,
+                                          close=now - run.last_delta < self.settings.delta_linger)
+                self._buffered += _CHUNK_OVERHEAD
+            delta.add(text)
+            run.last_delta = now
+            self._buffered += len(text)
+            self._stats.accepted += 1
+            self._dirty[run] = None
+            # An open delta already has a flush coming (a wake, a flush in flight, or its
+            # linger's timer): only a new one wakes the loop.
+            wake = created and not self._wake_pending
+            self._wake_pending = self._wake_pending or created
+        if wake:
+            self._wake()
+        return delta.index
+
+    def _seal(self, run: _Run) -> None:
+        """Move the run's open text delta into ``pending`` as one frame (lock held)."""
+        delta, run.delta = run.delta, None
+        if delta is None:
+            return
+        frame = delta.frame()
+        run.pending.append((delta.index, frame, delta.stamp_ms))
+        self._buffered += _cost(frame) - (delta.size + _CHUNK_OVERHEAD)
+        if delta.weight > 1:
+            run.weights[delta.index] = delta.weight
 
     def _check_writable(self, run: _Run, *, outage: bool = True) -> None:
         if run.error is not None:
@@ -320,6 +365,10 @@ class StreamWriter:
     def _wait_acked(self, run: _Run, upto: int, timeout: float) -> None:
         give_up = time.monotonic() + timeout
         with self._cond:
+            if run.delta is not None and run.delta.index <= upto:
+                self._seal(run)  # a flush does not wait for a lingering delta
+                self._wake_pending = True
+                self._loop_call(self._wake_soon)
             while run.acked < upto and run.error is None:
                 left = give_up - time.monotonic()
                 if left <= 0:
@@ -389,24 +438,39 @@ class StreamWriter:
         """Move pending chunks of dirty runs into one batch, within the pipeline bound."""
         batch = []
         room = self.settings.max_pipeline_bytes
+        now, held = time.monotonic(), None
         with self._cond:
             self._wake_pending = False
-            while self._dirty and room > 0:
-                run = next(iter(self._dirty))
+            for run in list(self._dirty):
+                if room <= 0:
+                    break
+                held = _earliest(held, self._seal_due(run, now))
                 chunks: list[tuple[int, str, int]] = []
                 while run.pending and len(chunks) < self.settings.max_batch and room > 0:
                     chunk = run.pending.popleft()
                     room -= len(chunk[1])
                     chunks.append(chunk)
                 last = not run.pending
-                if last:
+                if last and run.delta is None:
                     del self._dirty[run]
                 if chunks:
                     batch.append((run, chunks, last and run.ending is not None))
-            if self._dirty:
+            if any(run.pending for run in self._dirty):
                 self._wake_pending = True
                 self._wake_soon()
+        if held is not None and self._loop is not None:
+            self._loop.call_later(max(held - now, 0.0), self._wake_soon)
         return batch
+
+    def _seal_due(self, run: _Run, now: float) -> float | None:
+        """Seal the run's open delta unless it lingers (``delta_linger``): then its due time."""
+        if run.delta is None:
+            return None
+        due = run.delta.due(self.settings.delta_linger)
+        if due > now and not self._stopping:
+            return due
+        self._seal(run)
+        return None
 
     async def _send(self, batch: list[tuple[_Run, list[tuple[int, str, int]], bool]]) -> None:
         started = time.perf_counter()
@@ -448,9 +512,12 @@ class StreamWriter:
         keys = run.keys
         ending = run.ending.value if ends and run.ending else ""
         notify = keys.notify if self.settings.cluster else ""
+        with self._cond:
+            weights = weights_arg((index for index, _, _ in chunks), run.weights)
         return [keys.stream, keys.meta, keys.lease, run.token, self._lease_ms(), self._ttl(),
                 self.settings.retention, self.settings.max_stream_length, chunks[0][0], ending,
-                chunks[-1][2], notify, run.output_from, *(frame for _, frame, _ in chunks)]
+                chunks[-1][2], notify, run.output_from, weights, self.settings.max_stream_bytes,
+                *(frame for _, frame, _ in chunks)]
 
     def _settle(self, run: _Run, chunks: list[tuple[int, str, int]], reply: Any) -> bool:
         """Record one run's reply; False when the chunks must be sent again."""
@@ -467,6 +534,8 @@ class StreamWriter:
                 logger.error("%s", run.error, extra=run_extra(run.keys.run_id, run.attempt))
             else:
                 run.seq, run.acked, run.cancel_requested = int(reply[0]), int(reply[1]), reply[2]
+                for index in [i for i in run.weights if i <= run.acked]:
+                    del run.weights[index]
                 run.refreshed = time.monotonic()
                 self._buffered -= _size(chunks)
                 self._stats.written += len(chunks)
@@ -662,6 +731,19 @@ class RunWriter:
         frame = encode_frame(data, event, limit=self._writer.settings.max_chunk_bytes)
         return self._writer._accept(self._run, frame)
 
+    def send_text(self, text: str) -> int:
+        """Buffer a text delta, the event ``data: {"text": text}``; returns its local index.
+
+        Deltas that wait together in the buffer are stored as one event with their texts
+        joined (``streaming.deltas``), which is how readers then get them; ``merge_deltas=False``
+        stores each on its own.
+        """
+        if not isinstance(text, str):
+            raise WriterError(f"a text delta is a str, not {type(text).__name__}")
+        if not self._writer.settings.merge_deltas or len(text) > MERGE_LIMIT:
+            return self.send(json.dumps({"text": text}, ensure_ascii=False))
+        return self._writer._accept_text(self._run, text)
+
     def send_frame(self, frame: str) -> int:
         """Buffer an already framed SSE event (``data: ...\\n\\n``) as it is."""
         if not isinstance(frame, str) or not frame.endswith("\n\n"):
@@ -725,6 +807,10 @@ class RunWriter:
 #: just text. Measured: the benchmarks' memory scenario grew RSS by ~380 bytes per buffered
 #: chunk of ~130 characters.
 _CHUNK_OVERHEAD = 256
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def _cost(frame: str) -> int:

@@ -89,7 +89,10 @@ def pump(run: RunWriter, chunks: Iterator[Any] | AsyncIterator[Any], watch: Canc
     try:
         for item in source:
             data, event = frame(item)
-            run.send(data, event)
+            if event is None and _text_delta(item):
+                run.send_text(item["text"])  # merged with the deltas waiting beside it
+            else:
+                run.send(data, event)
             summary.add(data)
             summary.last_seq = run.last_seq
             report(summary)
@@ -97,6 +100,11 @@ def pump(run: RunWriter, chunks: Iterator[Any] | AsyncIterator[Any], watch: Canc
                 break
     finally:
         _close(source)
+
+
+def _text_delta(item: object) -> bool:
+    """``{"text": "..."}`` and nothing else: a model's token, which may merge with others."""
+    return isinstance(item, dict) and len(item) == 1 and isinstance(item.get("text"), str)
 
 
 def _close(source: Iterator[Any]) -> None:

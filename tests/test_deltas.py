@@ -1,0 +1,162 @@
+"""Text deltas that wait together are stored as one entry: fewer entries, the same text, every
+reader (ours and the seed's) exactly once from any cursor, exact chunk counts for resumes, and
+no delta held back on a quiet run. A run's stream is capped by bytes, not by an entry count."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import redis
+
+from streaming.reader import read_events
+from streaming.settings import Settings
+from streaming.writer import StreamWriter
+from tests.conftest import require
+from tests.waiting import wait_for
+
+SEED = Path("/work/shared/seed/redis_stream_manager.py")
+TOKENS = [f" tok{i}" if i % 7 else f" é{i}\n" for i in range(3000)]
+
+
+def stored(client: redis.Redis, run_id: str) -> list[dict[str, str]]:
+    return [fields for _, fields in client.xrange(f"sse:run:{run_id}")]
+
+
+def text_of(entries: list[dict[str, str]]) -> str:
+    out = []
+    for fields in entries:
+        frame = fields["data"]
+        if fields.get("complete"):
+            continue
+        assert frame.startswith("data: ") and frame.endswith("\n\n") and frame.count("\n") == 2
+        out.append(json.loads(frame[6:])["text"])
+    return "".join(out)
+
+
+def burst(writer: StreamWriter, run_id: str) -> int:
+    run = writer.open(run_id)
+    for token in TOKENS:
+        run.send_text(token)
+    return run.finish()
+
+
+def test_deltas_that_wait_together_are_one_entry_with_the_same_text(writer, redis_client,
+                                                                    run_id):
+    last = burst(writer, run_id)
+    entries = stored(redis_client, run_id)
+    assert len(entries) == last < len(TOKENS) / 2  # merged while flushes were in flight
+    assert [int(e["seq_id"]) for e in entries] == list(range(1, last + 1))
+    assert text_of(entries) == "".join(TOKENS)
+
+
+def test_merging_off_stores_one_entry_per_delta(settings, redis_client, run_id):
+    writer = StreamWriter(settings.replace(merge_deltas=False)).start()
+    try:
+        assert burst(writer, run_id) == len(TOKENS) + 1
+    finally:
+        writer.stop()
+    assert text_of(stored(redis_client, run_id)) == "".join(TOKENS)
+
+
+def test_every_cursor_resumes_exactly_once(writer, redis_client, settings, run_id):
+    last = burst(writer, run_id)
+    entries = stored(redis_client, run_id)
+    for cursor in range(last):
+        events = list(read_events(redis_client, run_id, settings, starting_after=cursor))
+        assert [e.seq for e in events] == list(range(cursor + 1, last + 1))
+        assert text_of(entries[cursor:]) == "".join(
+            json.loads(e.data)["text"] for e in events if e.terminal is None)
+
+
+def test_the_seeds_reader_reads_merged_deltas(writer, redis_url, run_id):
+    require(SEED.exists(), f"the seed is not at {SEED}")
+    spec = importlib.util.spec_from_file_location("seed_for_deltas", SEED)
+    seed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seed)
+    last = burst(writer, run_id)
+
+    async def read(after: int) -> list[str]:
+        client = seed.AsyncRedisClient(redis_url)
+        frames = [data async for data in seed.redis_sse_stream_generator(
+            client, run_id, starting_after=after)]
+        await (await client.get_client()).aclose()
+        return frames
+
+    whole = asyncio.run(read(0))
+    assert "".join(json.loads(f[6:])["text"] for f in whole[:-1]) == "".join(TOKENS)
+    middle = last // 2
+    assert asyncio.run(read(middle)) == whole[middle:]
+
+
+def test_resumed_chunk_count_counts_merged_deltas(settings, redis_client, run_id):
+    first = StreamWriter(settings).start()
+    try:
+        run = first.open(run_id)
+        for token in TOKENS[:1000]:
+            run.send_text(token)
+        run.release()
+    finally:
+        first.stop()
+    assert int(redis_client.hget(f"sse:run:{run_id}:meta", "seq")) < 1000  # some merged
+    second = StreamWriter(settings).start()
+    try:
+        again = second.open(run_id, resume=True)
+        assert again.resumed_chunks == 1000
+        again.finish()
+    finally:
+        second.stop()
+
+
+def test_a_lone_delta_is_not_held_even_with_a_long_linger(settings, redis_client, run_id):
+    """delta_linger applies to deltas that follow closely; the first one goes at once."""
+    writer = StreamWriter(settings.replace(delta_linger=60.0)).start()
+    try:
+        run = writer.open(run_id)
+        run.send_text("hello")
+        wait_for(lambda: redis_client.xlen(f"sse:run:{run_id}") == 1, 10,
+                 "the lone delta is stored without waiting for the linger")
+        for token in ("a", "b", "c"):
+            run.send_text(token)  # these follow closely: they linger and merge
+        assert run.flush(10) == 2  # a flush seals them: one entry
+        assert text_of(stored(redis_client, run_id)) == "helloabc"
+        run.finish()
+    finally:
+        writer.stop()
+
+
+def test_the_byte_cap_trims_a_run_past_it_and_says_so(settings, redis_client, run_id):
+    writer = StreamWriter(settings.replace(max_stream_bytes=20_000, merge_deltas=False)).start()
+    try:
+        run = writer.open(run_id)
+        for i in range(2000):
+            run.send_text(f"token {i}")  # ~25-byte frames, ~57 bytes an entry
+        run.finish()
+    finally:
+        writer.stop()
+    entries = stored(redis_client, run_id)
+    assert 100 < len(entries) < 600
+    assert sum(len(e["data"]) + 32 for e in entries) < 2 * 20_000
+    events = list(read_events(redis_client, run_id, settings))
+    assert events[0].event == "gap" and events[-1].seq == 2001
+
+
+@pytest.mark.slow
+def test_fifty_thousand_single_deltas_stay_replayable_from_the_start(redis_url, redis_client,
+                                                                     run_id):
+    """The default caps keep a long token-by-token answer whole (the seed's 10,000 did not)."""
+    settings = Settings(redis_url=redis_url, merge_deltas=False)
+    writer = StreamWriter(settings).start()
+    try:
+        run = writer.open(run_id)
+        for i in range(50_000):
+            run.send_text(f" t{i % 100}")
+        last = run.finish(timeout=120)
+    finally:
+        writer.stop()
+    assert last == 50_001 and redis_client.xlen(f"sse:run:{run_id}") == 50_001
+    events = list(read_events(redis_client, run_id, settings))
+    assert [e.seq for e in events] == list(range(1, 50_002))
