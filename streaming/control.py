@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from redis.exceptions import NoPermissionError, NoScriptError, ReadOnlyError, ResponseError
 
+from . import metrics as _metrics
 from . import scripts
 from .client import AsyncClient, SyncClient
 from .cursor import RunStatus
@@ -326,6 +327,7 @@ def sweep(client: SyncClient, settings: Settings, *, batch: int = 500) -> dict[s
             kind = end_if_overdue(client, run_id, settings)
             if kind is not None:
                 ended[run_id] = kind
+                _metrics.swept(kind.value)
     if ended or gone:
         client.zrem(RUN_INDEX, *ended, *gone)
     return ended
@@ -342,6 +344,7 @@ async def asweep(client: AsyncClient, settings: Settings, *,
             kind = await aend_if_overdue(client, run_id, settings)
             if kind is not None:
                 ended[run_id] = kind
+                _metrics.swept(kind.value)
     if ended or gone:
         await client.zrem(RUN_INDEX, *ended, *gone)
     return ended

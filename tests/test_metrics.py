@@ -56,3 +56,27 @@ print(len(events), "prometheus_client" in sys.modules and sys.modules["prometheu
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["2", "None"]
+
+
+def counter(name: str, **labels: str) -> float:
+    return sum(v for found, v in metrics.samples(metrics.exposition(), name)
+               if labels.items() <= found.items())
+
+
+def test_endings_the_sweep_writes_are_counted_by_kind(private_server, settings):
+    import redis
+
+    from streaming.control import mark_pending, sweep
+
+    local = settings.replace(redis_url=private_server.url)
+    client = redis.Redis.from_url(private_server.url, decode_responses=True)
+    mark_pending(client, "queued-too-long", local)
+    seconds, micros = client.time()
+    queued = int(seconds * 1000 + micros // 1000 - (local.queue_timeout + 1) * 1000)
+    client.hset("sse:run:queued-too-long:meta", "queued", queued)
+    before = counter("streaming_sweep_endings_total", kind="timeout")
+    assert sweep(client, local) == {"queued-too-long": "timeout"}
+    assert counter("streaming_sweep_endings_total", kind="timeout") == before + 1
+    assert sweep(client, local) == {}
+    assert counter("streaming_sweep_endings_total", kind="timeout") == before + 1
+    client.close()
