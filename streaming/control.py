@@ -22,7 +22,7 @@ from . import metrics as _metrics
 from . import scripts
 from .client import AsyncClient, SyncClient
 from .cursor import RunStatus
-from .errors import InvalidInput
+from .errors import InvalidInput, StreamGoneError
 from .settings import Settings
 from .wire import RUN_INDEX, RunKeys, Terminal, terminal_frame
 
@@ -211,24 +211,27 @@ def _overdue_endings(run_id: str, settings: Settings) -> tuple[tuple[Terminal, s
     return _ending(Terminal.TIMEOUT, queued), _ending(Terminal.LOST, lost)
 
 
-def _ended(reply: Any) -> Terminal | None:
+def _ended(reply: Any, keys: RunKeys) -> Terminal | None:
+    if reply[0] == "wrongtype":
+        raise StreamGoneError(f"run {keys.run_id}: {reply[1]} holds a {reply[2]}, not this "
+                              "run's data; no ending can be stored")
     return Terminal(reply[1]) if reply[0] == "ended" else None
 
 
-def _run_end(client: SyncClient, args: list[Any]) -> Terminal | None:
+def _run_end(client: SyncClient, keys: RunKeys, args: list[Any]) -> Terminal | None:
     try:
         reply = client.evalsha(scripts.END.sha, 3, *args)
     except NoScriptError:
         reply = client.eval(scripts.END.source, 3, *args)
-    return _ended(reply)
+    return _ended(reply, keys)
 
 
-async def _arun_end(client: AsyncClient, args: list[Any]) -> Terminal | None:
+async def _arun_end(client: AsyncClient, keys: RunKeys, args: list[Any]) -> Terminal | None:
     try:
         reply = await client.evalsha(scripts.END.sha, 3, *args)
     except NoScriptError:
         reply = await client.eval(scripts.END.source, 3, *args)
-    return _ended(reply)
+    return _ended(reply, keys)
 
 
 def end_run(client: SyncClient, run_id: str, settings: Settings, kind: Terminal | str,
@@ -243,19 +246,21 @@ def end_run(client: SyncClient, run_id: str, settings: Settings, kind: Terminal 
     server's clock, so it never races a live attempt.
 
     Returns the run's ending after the call (stored now or before), or ``None`` if it did
-    not end (not due, live, or no such run). A client that may not write gets the server's
-    refusal (a ``ResponseError`` for which ``ending_refused()`` is true).
+    not end (not due, live, or no such run). Raises ``StreamGoneError`` when a key of the
+    run holds another kind of value (someone else's: left as it is). A client that may not
+    write gets the server's refusal (a ``ResponseError`` for which ``ending_refused()`` is
+    true).
     """
     keys = _keys(run_id, settings)
     ending = _ending(kind, message)
-    return _run_end(client, _end_args(keys, settings, when, ending, ending))
+    return _run_end(client, keys, _end_args(keys, settings, when, ending, ending))
 
 
 async def aend_run(client: AsyncClient, run_id: str, settings: Settings, kind: Terminal | str,
                    message: str = "", *, when: When = "due") -> Terminal | None:
     keys = _keys(run_id, settings)
     ending = _ending(kind, message)
-    return await _arun_end(client, _end_args(keys, settings, when, ending, ending))
+    return await _arun_end(client, keys, _end_args(keys, settings, when, ending, ending))
 
 
 def end_if_overdue(client: SyncClient, run_id: str, settings: Settings) -> Terminal | None:
@@ -265,14 +270,15 @@ def end_if_overdue(client: SyncClient, run_id: str, settings: Settings) -> Termi
     Returns the run's ending after the call, or ``None``.
     """
     keys = _keys(run_id, settings)
-    return _run_end(client, _end_args(keys, settings, "due", *_overdue_endings(run_id, settings)))
+    args = _end_args(keys, settings, "due", *_overdue_endings(run_id, settings))
+    return _run_end(client, keys, args)
 
 
 async def aend_if_overdue(client: AsyncClient, run_id: str,
                           settings: Settings) -> Terminal | None:
     keys = _keys(run_id, settings)
     args = _end_args(keys, settings, "due", *_overdue_endings(run_id, settings))
-    return await _arun_end(client, args)
+    return await _arun_end(client, keys, args)
 
 
 # -- the run index ----------------------------------------------------------------------------
@@ -324,7 +330,11 @@ def sweep(client: SyncClient, settings: Settings, *, batch: int = 500) -> dict[s
         run_ids = [str(r) for r in client.zrange(RUN_INDEX, start, start + batch - 1)]
         statuses = run_statuses(client, run_ids, settings)
         for run_id in _triage(run_ids, statuses, settings, ended, gone):
-            kind = end_if_overdue(client, run_id, settings)
+            try:
+                kind = end_if_overdue(client, run_id, settings)
+            except StreamGoneError:
+                gone.append(run_id)  # not a run any more
+                continue
             if kind is not None:
                 ended[run_id] = kind
                 _metrics.swept(kind.value)
@@ -341,7 +351,11 @@ async def asweep(client: AsyncClient, settings: Settings, *,
         run_ids = [str(r) for r in await client.zrange(RUN_INDEX, start, start + batch - 1)]
         statuses = await arun_statuses(client, run_ids, settings)
         for run_id in _triage(run_ids, statuses, settings, ended, gone):
-            kind = await aend_if_overdue(client, run_id, settings)
+            try:
+                kind = await aend_if_overdue(client, run_id, settings)
+            except StreamGoneError:
+                gone.append(run_id)  # not a run any more
+                continue
             if kind is not None:
                 ended[run_id] = kind
                 _metrics.swept(kind.value)

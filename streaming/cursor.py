@@ -200,9 +200,10 @@ class RunCursor:
 
         A run whose data vanished (expired, deleted, or the server restarted empty) ends
         ``lost``: there is nothing left to store an ending in. An overdue run's ending is
-        stored (``control.end_if_overdue``) and read like any entry; only a reader whose
-        server refused that write (``unwritable``: an ACL without write permission, a
-        read-only replica) makes it up here, the same kind and message the store would have.
+        stored (``control.end_if_overdue``) and read like any entry; only a reader that could
+        not store it (``unwritable``: an ACL without write permission, a read-only replica, or
+        a key of the run holding someone else's value) makes it up here, with the kind and
+        message the store would have had.
         """
         if status.state == "missing" and not status.stream:
             return self._end(Terminal.LOST, f"run {self.keys.run_id}'s data vanished "

@@ -28,7 +28,7 @@ from . import cluster, control, scripts
 from . import metrics as _metrics
 from .client import TRANSIENT, AsyncClient, async_client
 from .cursor import NOT_A_RUN, Entry, RunCursor, RunStatus, wrong_type, xread_reply
-from .errors import ReaderError
+from .errors import ReaderError, StreamGoneError
 from .fanout import Follower, Sub
 from .settings import Settings
 from .wire import Event, RunKeys, Terminal, parse_cursor
@@ -270,6 +270,8 @@ class HubReader:
             if cursor.overdue(status):
                 try:  # stored here, then read like any entry
                     await self.hub.end_overdue(cursor.keys)
+                except StreamGoneError:  # a key of the run holds someone else's value
+                    self._start = cursor.check_alive(status, unwritable=True)
                 except ResponseError as exc:
                     if not control.ending_refused(exc):
                         raise

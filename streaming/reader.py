@@ -13,7 +13,8 @@ from redis.exceptions import ResponseError
 
 from .client import SyncClient
 from .control import end_if_overdue, ending_refused, run_status
-from .cursor import NOT_A_RUN, RunCursor, RunStatus, wrong_type, xread_reply
+from .cursor import DEADLINE_SLACK, NOT_A_RUN, RunCursor, RunStatus, wrong_type, xread_reply
+from .errors import StreamGoneError
 from .settings import Settings
 from .wire import Event, RunKeys, Terminal, parse_cursor
 
@@ -79,12 +80,16 @@ class RunReader:
         if not self.cursor.overdue(status):
             return []
         try:
-            end_if_overdue(self.client, self.cursor.keys.run_id, self.settings)
+            ended = end_if_overdue(self.client, self.cursor.keys.run_id, self.settings)
+        except StreamGoneError:  # a key of the run holds someone else's value
+            return self.cursor.check_alive(status, unwritable=True)
         except ResponseError as exc:
             if not ending_refused(exc):
                 raise
             return self.cursor.check_alive(status, unwritable=True)
-        self._check_at = time.monotonic()  # read the stored ending at once
+        # read the stored ending at once; if the run did not end (claimed meanwhile), look
+        # again shortly
+        self._check_at = time.monotonic() + (0 if ended else DEADLINE_SLACK)
         return []
 
 

@@ -256,6 +256,14 @@ class StreamWriter:
         except _INDEX_ERRORS as exc:
             logger.warning("run %s not added to the run index: %s", run_id, exc)
 
+    async def _unindex(self, run_ids: list[str]) -> None:
+        """Drop runs this writer ended from the run index (best effort, as ``_index``): the
+        index then holds unfinished runs, and runs ended by someone else until a sweep."""
+        try:
+            await self._get_client().zrem(RUN_INDEX, *run_ids)
+        except _INDEX_ERRORS as exc:
+            logger.warning("ended runs not removed from the run index: %s", exc)
+
     # -- the write path (any thread) -------------------------------------------------------
 
     def _accept(
@@ -496,6 +504,10 @@ class StreamWriter:
             await self._requeue([item for item, _ in retry], retry[0][1])
         else:
             self._outage_since = None
+        ended = [run.keys.run_id for (run, _, ends), reply in zip(batch, replies, strict=True)
+                 if ends and not isinstance(reply, Exception)]
+        if ended:
+            await self._unindex(ended)
 
     def _observe_flush(self, seconds: float, batch: list[tuple[_Run, list[tuple[int, str, int]],
                        bool]], retry: list[Any]) -> None:

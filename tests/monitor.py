@@ -26,8 +26,8 @@ FOREIGN = [
     ("lease", "hash", lambda c, k: c.hset(k, "field", "foreign")),
 ]
 #: What a reader may send for such a run: connection set-up and the STATUS script (the keys'
-#: types and the run's own status fields), never a read of the foreign value.
-STATUS_ONLY = {"HELLO", "CLIENT", "PING", "EVAL", "EVALSHA", "TYPE", "HMGET"}
+#: types, the run's own status fields and the server's clock), never a read of the foreign value.
+STATUS_ONLY = {"HELLO", "CLIENT", "PING", "EVAL", "EVALSHA", "TYPE", "HMGET", "TIME"}
 
 
 def foreign_id(value: object) -> str:

@@ -21,7 +21,8 @@ from streaming.control import (
     run_status,
     sweep,
 )
-from streaming.wire import RUN_INDEX
+from streaming.wire import RUN_INDEX, RunKeys
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -29,6 +30,10 @@ def client(settings):
     client = sync_client(settings, reader=True)
     yield client
     client.close()
+
+
+def keys(run_id, settings):
+    return RunKeys.for_run(run_id, hash_tag=settings.cluster_hash_tags)
 
 
 def server_ms(client):
@@ -143,13 +148,26 @@ def test_the_guarded_ending_never_ends_a_run_with_a_live_lease(writer, client, s
     run.send("after the ending")
     with pytest.raises(RunClosedError):
         run.flush()
-    stored = client.xrange(f"sse:run:{run_id}")
+    stored = client.xrange(keys(run_id, settings).stream)
     assert [f["seq_id"] for _, f in stored] == ["1", "2", "3"]
     assert stored[-1][0] == "0-3" and stored[-1][1]["complete"] == "true"
     assert "stopped by an operator" in stored[-1][1]["data"]
     # the ending is final: asking again changes nothing
     assert end_run(client, run_id, settings, Terminal.LOST, when="always") is Terminal.ERROR
-    assert len(client.xrange(f"sse:run:{run_id}")) == 3
+    assert len(client.xrange(keys(run_id, settings).stream)) == 3
+
+
+def test_a_quiet_writer_learns_of_the_ending_on_its_next_lease_refresh(writer, client, settings,
+                                                                      run_id):
+    run = writer.open(run_id)
+    run.send("x")
+    run.flush()
+    assert end_run(client, run_id, settings, Terminal.LOST, "ended", when="always")
+    wait_for(lambda: run._run.error is not None, 10 * settings.lease_ttl, "refresh refused")
+    with pytest.raises(RunClosedError):
+        run.send("y")
+    assert not client.exists(keys(run_id, settings).lease)  # not renewed for the ended run
+    assert client.ttl(keys(run_id, settings).meta) <= settings.retention
 
 
 def test_the_guarded_ending_waits_for_the_requeue_grace(writer, client, settings, run_id):
@@ -176,7 +194,8 @@ def test_a_queued_run_never_claimed_gets_a_stored_timeout(writer, client, settin
     quick = settings.replace(queue_timeout=1.5, liveness_interval=30, block_timeout=30)
     mark_pending(client, run_id, quick)
     started = time.monotonic()
-    events = list(read_events(client, run_id, quick))
+    with sync_client(quick, reader=True) as patient:
+        events = list(read_events(patient, run_id, quick))
     waited = time.monotonic() - started
     assert [e.seq for e in events] == [1]
     assert events[0].terminal is Terminal.TIMEOUT and "no worker started" in events[0].data
@@ -205,7 +224,7 @@ def test_a_stalled_producer_that_comes_back_writes_nothing(producer, client, set
     events = list(read_events(client, run_id, settings))
     assert events[-1].seq == 4 and events[-1].terminal is Terminal.LOST
     assert proc.resume_and_write() == "refused RunClosedError"
-    stored = client.xrange(f"sse:run:{run_id}")
+    stored = client.xrange(keys(run_id, settings).stream)
     assert len(stored) == 4 and stored[-1][1]["data"] == events[-1].frame
     assert run_status(client, run_id, settings).terminal is Terminal.LOST
 
@@ -312,9 +331,14 @@ def test_the_sweep_ends_overdue_runs_and_returns_the_ended_ones(private_server, 
         live.flush()
         writer.open("done").finish()
         admin.zadd(RUN_INDEX, {"expired": 1})  # its keys expired long ago
+        wait_for(lambda: "done" not in admin.zrange(RUN_INDEX, 0, -1), 5,
+                 "a run its writer ended leaves the index")  # just after finish() returns
+        ended_by_reader = writer.open("ended-by-reader")
+        ended_by_reader.release()
+        end_run(admin, "ended-by-reader", local, Terminal.LOST, when="not_live")
         assert sweep(admin, local) == {"queued-long": Terminal.TIMEOUT, "dead": Terminal.LOST,
-                                       "done": Terminal.DONE}
-        assert admin.zrange(RUN_INDEX, 0, -1) == ["queued-now", "released", "live"]
+                                       "ended-by-reader": Terminal.LOST}
+        assert sorted(admin.zrange(RUN_INDEX, 0, -1)) == ["live", "queued-now", "released"]
         assert run_status(admin, "queued-long", local).terminal is Terminal.TIMEOUT
         assert [e.seq for e in read_events(admin, "dead", local)] == [1, 2]
         assert sweep(admin, local) == {}
@@ -322,6 +346,7 @@ def test_the_sweep_ends_overdue_runs_and_returns_the_ended_ones(private_server, 
         assert [statuses[r].state for r in ("queued-now", "released", "live")] == [
             "pending", "idle", "live"]
         live.finish()
-        assert sweep(admin, local) == {"live": Terminal.DONE}
+        wait_for(lambda: sorted(admin.zrange(RUN_INDEX, 0, -1)) == ["queued-now", "released"], 5,
+                 "the live run leaves the index when its writer ends it")
     finally:
         writer.stop()

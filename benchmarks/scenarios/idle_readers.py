@@ -122,7 +122,7 @@ def _mark_pending(ctx: Context, ids: list[str]) -> None:
     client = redis.Redis.from_url(ctx.redis_url, decode_responses=True)
     settings = ctx.settings()
     for run_id in ids:
-        mark_pending(client, run_id, settings, queue_timeout=600)
+        mark_pending(client, run_id, settings)
     client.close()
 
 
