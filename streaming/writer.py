@@ -540,6 +540,9 @@ class StreamWriter:
             if isinstance(reply, Exception):
                 run.error = _refusal(run, reply)
                 dropped = _size(run.pending) + _size(chunks)
+                if run.delta is not None:
+                    dropped += run.delta.size + _CHUNK_OVERHEAD
+                    run.delta = None
                 run.pending.clear()
                 self._dirty.pop(run, None)
                 self._buffered -= dropped
