@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from streaming import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,3 +82,27 @@ def test_endings_the_sweep_writes_are_counted_by_kind(private_server, settings):
     assert sweep(client, local) == {}
     assert counter("streaming_sweep_endings_total", kind="timeout") == before + 1
     client.close()
+
+
+def test_a_fenced_write_and_a_busy_claim_are_counted(settings, writer, redis_client, run_id):
+    from streaming.errors import RunBusyError, StaleWriterError
+    from streaming.writer import StreamWriter
+
+    fenced, busy = counter("streaming_writer_fenced_total"), counter("streaming_writer_busy_total")
+    stale = writer.open(run_id)
+    stale.send("old")
+    stale.flush()
+    other = StreamWriter(settings).start()
+    try:
+        with pytest.raises(RunBusyError):
+            other.open(run_id)  # the first writer's lease is live
+        assert counter("streaming_writer_busy_total") == busy + 1
+        redis_client.delete(f"sse:run:{run_id}:lease")  # a pause longer than the lease
+        fresh = other.open(run_id)
+        stale.send("late")
+        with pytest.raises(StaleWriterError):
+            stale.flush()
+        assert counter("streaming_writer_fenced_total") == fenced + 1
+        fresh.finish()
+    finally:
+        other.stop()
