@@ -256,6 +256,12 @@ def buffered(nbytes: int, waiting_since: float) -> None:
         m.waiting.set(waiting_since)
 
 
+def waiting(since: float) -> None:
+    """When the writer's oldest unflushed chunk began waiting (0: nothing waits)."""
+    if (m := _get()) is not None:
+        m.waiting.set(since)
+
+
 def outage() -> None:
     if (m := _get()) is not None:
         m.outages.inc()

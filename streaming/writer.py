@@ -285,9 +285,9 @@ class StreamWriter:
             self._buffered += size
             self._stats.accepted += 1
             self._dirty[run] = None
-            if not self._waiting_since:
+            if not self._waiting_since:  # the health check reads it even if the loop is stuck
                 self._waiting_since = time.time()
-                _metrics.buffered(self._buffered, self._waiting_since)
+                _metrics.waiting(self._waiting_since)
             wake = not self._wake_pending
             self._wake_pending = True
         if wake:
