@@ -315,6 +315,9 @@ class StreamWriter:
             self._buffered += len(text)
             self._stats.accepted += 1
             self._dirty[run] = None
+            if not self._waiting_since:
+                self._waiting_since = time.time()
+                _metrics.waiting(self._waiting_since)
             # An open delta already has a flush coming (a wake, a flush in flight, or its
             # linger's timer): only a new one wakes the loop.
             wake = created and not self._wake_pending

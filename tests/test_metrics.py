@@ -106,3 +106,31 @@ def test_a_fenced_write_and_a_busy_claim_are_counted(settings, writer, redis_cli
         fresh.finish()
     finally:
         other.stop()
+
+
+def test_a_writer_whose_text_deltas_cannot_flush_is_reported_stalled(settings, redis_url,
+                                                                      run_id):
+    """The worker's health check (``worker.observe.health``) from this process's gauge."""
+    import time
+
+    from streaming.writer import StreamWriter
+    from tests.proxy import Proxy, port_of
+    from worker.observe import health
+
+    proxy = Proxy(port_of(redis_url))
+    writer = StreamWriter(settings.replace(redis_url=proxy.url)).start()
+    try:
+        run = writer.open(run_id)
+        run.send_text("flushed")
+        run.flush()
+        assert health(stall=1.0) == "ok"
+        proxy.set_refuse(True)
+        run.send_text("stuck")
+        time.sleep(1.5)
+        assert "unflushed for" in health(stall=1.0)
+        proxy.set_refuse(False)
+        run.finish(timeout=30)
+        assert health(stall=1.0) == "ok"
+    finally:
+        writer.stop(5)
+        proxy.close()
