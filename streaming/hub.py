@@ -4,7 +4,9 @@ A ``ReaderHub`` lives on one event loop. Each reader first catches up on its own
 ``XREAD`` from its cursor, no blocking), then joins the hub, whose connections each run one
 ``XREAD BLOCK`` over every followed stream and fan the entries out in-process. A waiting reader
 costs no command of its own: one blocking read per ``block_timeout`` serves them all, and one
-``STATUS`` call per ``liveness_interval`` checks every quiet run's producer at once. When a
+``STATUS`` call per ``liveness_interval`` checks every quiet run's producer at once (a run whose
+stored deadline comes due sooner is checked then); an overdue run's ending is stored by the hub
+(the guarded ``END`` script) and read like any entry. When a
 reader joins, the hub interrupts its blocking read with ``CLIENT UNBLOCK`` so the new stream
 is followed at once. A reader that falls ``reader_queue`` entries behind is detached and
 catches up on its own again, so one slow client never holds the others back
