@@ -11,6 +11,7 @@ import pytest
 from worker_procs import WorkerProcess
 
 from streaming.tokens import TokenSigner
+from tests.waiting import wait_for
 from tests.web.app_process import AppProcess
 
 pytestmark = pytest.mark.slow
@@ -32,7 +33,10 @@ def test_one_grep_follows_a_run_across_the_worker_and_the_web_tier(redis_url):
         body = httpx.get(f"{web.url}/runs/{run_id}/stream?token={token}", timeout=60).text
         assert "[DONE]" in body
         worker.runs.celery.AsyncResult(run_id).get(timeout=30)
-        worker.wait_for_log(f"run={run_id} attempt=2", 10)
+        # Celery logs "succeeded" after storing the result; the web process logs the closed
+        # stream after sending its last byte: wait for both lines, not for the result.
+        worker.wait_for_log(f"run={run_id} attempt=2 Task", 30)
+        wait_for(lambda: "closed at seq" in web.output(), 30, "the web process logs the stream")
         worker_lines = lines_about(worker.output(), run_id)
         web_lines = lines_about(web.output(), run_id)
     finally:
