@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -145,3 +146,41 @@ def test_probes_with_the_store_up_then_down_then_back(web, store):
         store.start()
     wait_for(lambda: httpx.get(f"{web.url}/readyz", timeout=15).status_code == 200, 30,
              "ready again once the store is back")
+
+
+def test_several_web_processes_report_one_sum(store, store_writer, tmp_path):
+    """``uvicorn --workers 2`` with PROMETHEUS_MULTIPROC_DIR: whichever process answers
+    ``/metrics``, it reports every process's counts added up."""
+    env = {"REDIS_URL": store.url, "STREAMING_TOKEN_SECRET": SECRET,
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    web = AppProcess(env, "--workers", "2").start()
+    try:
+        runs = [store_writer.open(f"multi-{i}-{tmp_path.name}") for i in range(12)]
+        for run in runs:
+            run.send("one")
+            run.flush()
+        bodies: list[str] = []
+
+        def read(run_id: str) -> None:
+            with httpx.Client(timeout=30) as client:
+                bodies.append(client.get(stream_url(web, run_id)).text)
+
+        # Twelve connections open at once: both processes accept some of them.
+        readers = [threading.Thread(target=read, args=(run.run_id,)) for run in runs]
+        for reader in readers:
+            reader.start()
+        wait_for(lambda: value(scrape(web), "streaming_readers_connected") == 12, 30,
+                 "every reader is counted, whichever process serves it")
+        for run in runs:
+            run.send("two")
+            run.finish()
+        for reader in readers:
+            reader.join(30)
+        assert len(bodies) == 12 and all("[DONE]" in body for body in bodies)
+        counting = {name.rsplit("_", 1)[1] for name in os.listdir(tmp_path)
+                    if name.startswith("counter_")}
+        assert len(counting) == 2  # both processes served streams
+        seen = {value(scrape(web), "streaming_events_sent_total") for _ in range(8)}
+        assert seen == {36.0}
+    finally:
+        web.stop()
