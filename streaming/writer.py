@@ -732,7 +732,8 @@ class RunWriter:
 
     @property
     def sent(self) -> int:
-        """Chunks this handle accepted (its ``restarted`` event included)."""
+        """Entries this handle accepted (its ``restarted`` event included; text deltas merged
+        into one entry count once)."""
         return self._run.accepted
 
     @property
