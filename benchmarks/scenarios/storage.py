@@ -19,6 +19,8 @@ run's stream and meta hash after its ending, divided by its tokens. Three loads:
 from __future__ import annotations
 
 import asyncio
+import inspect
+import json
 import time
 from typing import Any
 
@@ -123,8 +125,6 @@ def _seed(ctx: Context, client: redis.Redis, label: str, runs: int, count: int,
 
 
 async def _seed_write(ctx: Context, ids: list[str], count: int, rate: float) -> None:
-    import json
-
     writer = ctx.seed.RedisSSEStreamWriter(ctx.seed.AsyncRedisClient(ctx.redis_url))
     await writer.start()
     interval = 1.0 / (rate * len(ids))
@@ -163,9 +163,23 @@ def _long(ctx: Context, result: Result, client: redis.Redis, count: int) -> None
                            f"{before['kept']:,}); merging off, one entry per delta"))
     result.notes.append(
         f"long answer, after: {after['kept']:,} of {count:,} entries kept, "
-        f"{after['bytes'] / 1e6:.2f} MB ({after['bytes'] / count:.0f} B a delta); the byte "
-        f"cap (max_stream_bytes, 64 MiB) holds about "
-        f"{64 * 2**20 * count // max(after['bytes'], 1):,} such deltas")
+        f"{after['bytes'] / 1e6:.2f} MB ({after['bytes'] / count:.0f} B a delta)")
+    defaults = Settings()
+    frame = sum(len(f"data: {json.dumps({'text': t})}\n\n") for t in tokens(1000)) / 1000
+    longest = min(defaults.max_stream_length, int(defaults.max_stream_bytes / (frame + 32)))
+    seed_cap = _seed_cap(ctx) if ctx.seed else ctx.seed_missing
+    result.add(Figure("longest answer replayable whole from seq 0, one entry per delta",
+                      "deltas", "higher", longest, seed_cap,
+                      note=f"before: {BEFORE['max_stream_length']:,}; the caps, with "
+                           f"{frame + 32:.0f} B counted an entry: min(max_stream_length "
+                           f"{defaults.max_stream_length:,}, max_stream_bytes "
+                           f"{defaults.max_stream_bytes:,} / {frame + 32:.0f})"))
+
+
+def _seed_cap(ctx: Context) -> int:
+    """The seed writer's default ``MAXLEN`` (its ``max_stream_length``)."""
+    default = inspect.signature(ctx.seed.RedisSSEStreamWriter).parameters["max_stream_length"]
+    return int(default.default)
 
 
 def _long_project(ctx: Context, client: redis.Redis, label: str, count: int,
@@ -208,8 +222,6 @@ def _long_seed(ctx: Context, client: redis.Redis, count: int) -> int:
 
 
 async def _seed_burst(ctx: Context, run_id: str, count: int) -> None:
-    import json
-
     writer = ctx.seed.RedisSSEStreamWriter(ctx.seed.AsyncRedisClient(ctx.redis_url))
     await writer.start()
     for token in tokens(count):
