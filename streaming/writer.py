@@ -452,8 +452,10 @@ class StreamWriter:
         now, held = time.monotonic(), None
         with self._cond:
             self._wake_pending = False
+            full = False
             for run in list(self._dirty):
                 if room <= 0:
+                    full = True  # the runs left (open deltas too) go in the next pipeline
                     break
                 held = _earliest(held, self._seal_due(run, now))
                 chunks: list[tuple[int, str, int]] = []
@@ -466,7 +468,7 @@ class StreamWriter:
                     del self._dirty[run]
                 if chunks:
                     batch.append((run, chunks, last and run.ending is not None))
-            if any(run.pending for run in self._dirty):
+            if full or any(run.pending for run in self._dirty):
                 self._wake_pending = True
                 self._wake_soon()
         if held is not None and self._loop is not None:
