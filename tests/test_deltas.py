@@ -7,10 +7,15 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from streaming.reader import read_events
 from streaming.settings import Settings
@@ -160,3 +165,48 @@ def test_fifty_thousand_single_deltas_stay_replayable_from_the_start(redis_url, 
     assert last == 50_001 and redis_client.xlen(f"sse:run:{run_id}") == 50_001
     events = list(read_events(redis_client, run_id, settings))
     assert [e.seq for e in events] == list(range(1, 50_002))
+
+
+@hyp_settings(max_examples=15, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=st.lists(st.one_of(st.text(max_size=6), st.sampled_from(["<event>", "<pause>"])),
+                     max_size=120),
+       linger=st.sampled_from([0.0, 0.02]))
+def test_any_mix_of_deltas_and_events_is_stored_in_order_and_read_once(plan, linger, settings,
+                                                                       redis_client):
+    """Deltas (any text), other events and pauses in any order: what is stored is the same
+    sequence with adjacent deltas joined; every cursor reads the rest exactly once."""
+    run_id = f"mix-{uuid.uuid4().hex}"
+    writer = StreamWriter(settings.replace(delta_linger=linger) if linger else settings).start()
+    expected: list[tuple[str, str]] = []  # (kind, text) with adjacent deltas joined
+    try:
+        run = writer.open(run_id)
+        for step in plan:
+            if step == "<pause>":
+                time.sleep(0.005)
+            elif step == "<event>":
+                run.send("e", event="other")
+                expected.append(("other", "e"))
+            else:
+                run.send_text(step)
+                if expected and expected[-1][0] == "text":
+                    expected[-1] = ("text", expected[-1][1] + step)
+                else:
+                    expected.append(("text", step))
+        last = run.finish()
+    finally:
+        writer.stop()
+    events = list(read_events(redis_client, run_id, settings))
+    assert [e.seq for e in events] == list(range(1, last + 1))
+    got: list[tuple[str, str]] = []
+    for event in events[:-1]:
+        if event.event == "other":
+            got.append(("other", event.data))
+        elif got and got[-1][0] == "text":
+            got[-1] = ("text", got[-1][1] + json.loads(event.data)["text"])
+        else:
+            got.append(("text", json.loads(event.data)["text"]))
+    assert got == [item for item in expected if item != ("text", "")] or got == expected
+    for cursor in range(0, last, max(last // 5, 1)):
+        again = list(read_events(redis_client, run_id, settings, starting_after=cursor))
+        assert [e.seq for e in again] == list(range(cursor + 1, last + 1))
