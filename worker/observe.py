@@ -23,6 +23,7 @@ import glob
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 from typing import TYPE_CHECKING, Any
@@ -47,7 +48,7 @@ _ATTEMPT = re.compile(r"'attempt': (\d+)")
 
 def connect(app: StreamingCelery) -> None:
     """Serve ``app``'s worker metrics and health on ``app.config.metrics_port``, if set."""
-    served: list[exporter.Exporter] = []
+    served: list[_Endpoint] = []
 
     def worker_init(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app and app.config.metrics_port:
@@ -55,8 +56,8 @@ def connect(app: StreamingCelery) -> None:
 
     def worker_ready(**_: Any) -> None:
         for endpoint in served:  # logging is set up by now (not yet at worker_init)
-            logger.info("worker metrics on %s/metrics, health on %s/healthz", endpoint.url,
-                        endpoint.url)
+            url = endpoint.exporter.url
+            logger.info("worker metrics on %s/metrics, health on %s/healthz", url, url)
 
     def worker_shutdown(sender: Any = None, **_: Any) -> None:
         while served:
@@ -72,24 +73,41 @@ def connect(app: StreamingCelery) -> None:
     signals.worker_shutdown.connect(worker_shutdown, weak=False)
 
 
-def _start(app: StreamingCelery) -> exporter.Exporter:
-    _multiprocess_dir()
+class _Endpoint:
+    """The running endpoint, its health check's client and the directory it made, if any."""
+
+    def __init__(self, served: exporter.Exporter, check: _Health, made: str | None) -> None:
+        self.exporter = served
+        self.check = check
+        self.made = made
+
+    def close(self) -> None:
+        self.exporter.close()
+        self.check.close()
+        if self.made is not None:
+            shutil.rmtree(self.made, ignore_errors=True)
+
+
+def _start(app: StreamingCelery) -> _Endpoint:
+    made = _multiprocess_dir()
     config = app.config
     check = _Health(app)
-    return exporter.serve(config.metrics_host, config.metrics_port, check)
+    return _Endpoint(exporter.serve(config.metrics_host, config.metrics_port, check), check, made)
 
 
-def _multiprocess_dir() -> str:
-    """The directory every pool process writes its metrics to (chosen before the fork)."""
+def _multiprocess_dir() -> str | None:
+    """Choose the directory every pool process writes its metrics to (before the fork);
+    returns it if this function made it (removed at shutdown)."""
     path = os.environ.get(_MULTIPROC)
+    made = None
     if path:
         os.makedirs(path, exist_ok=True)
         for name in glob.glob(os.path.join(path, "*.db")):  # a previous run's processes
             os.remove(name)
     else:
-        path = tempfile.mkdtemp(prefix="streaming-metrics-")
+        path = made = tempfile.mkdtemp(prefix="streaming-metrics-")
     metrics.use_multiprocess(path)
-    return path
+    return made
 
 
 class TaskRunFilter(logs.RunFilter):
@@ -131,6 +149,9 @@ class _Health:
 
     def _writers(self) -> str:
         return health(self.app.config.streaming.unavailable_timeout)
+
+    def close(self) -> None:
+        self._client.close()
 
 
 def health(stall: float, now: float | None = None) -> str:
