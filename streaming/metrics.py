@@ -25,12 +25,13 @@ Names (all prefixed ``streaming_``):
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib.util
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
@@ -182,21 +183,23 @@ def _alive(pid: int) -> bool:
 # -- web tier hooks --------------------------------------------------------------------------
 
 
-async def observe_events(run_id: str, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+async def observe_events(run_id: str, events: AsyncGenerator[Event, None]) -> AsyncIterator[Event]:
     """``events`` as they are, counting the reader, its run, each event and its lag."""
     m = _get()
     if m is None:
-        async for event in events:
-            yield event
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
         return
     m.readers.inc()
     _follow(m, run_id, 1)
     try:
-        async for event in events:
-            m.events.inc()
-            if event.stored_ms:
-                m.lag.observe(max(time.time() - event.stored_ms / 1000, 0.0))
-            yield event
+        async with contextlib.aclosing(events):
+            async for event in events:
+                m.events.inc()
+                if event.stored_ms:
+                    m.lag.observe(max(time.time() - event.stored_ms / 1000, 0.0))
+                yield event
     finally:
         m.readers.dec()
         _follow(m, run_id, -1)

@@ -37,8 +37,8 @@ import contextlib
 import inspect
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -257,13 +257,15 @@ class StreamEndpoints:
                         extra=run_extra(reader.cursor.keys.run_id, reader.attempt))
 
 
-async def _follow_attempt(reader: HubReader) -> AsyncIterator[Event]:
+async def _follow_attempt(reader: HubReader) -> AsyncGenerator[Event, None]:
     """``reader``'s events; a ``restarted`` event updates ``reader.attempt`` (for log lines)."""
-    async for event in reader:
-        if event.event == "restarted":
-            with contextlib.suppress(ValueError, TypeError, KeyError):
-                reader.attempt = int(json.loads(event.data)["attempt"])
-        yield event
+    events = cast(AsyncGenerator[Event, None], aiter(reader))  # __aiter__ is a generator
+    async with contextlib.aclosing(events):  # leaves the hub as soon as the client does
+        async for event in events:
+            if event.event == "restarted":
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    reader.attempt = int(json.loads(event.data)["attempt"])
+            yield event
 
 
 # -- requests and errors --------------------------------------------------------------------
