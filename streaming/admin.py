@@ -13,9 +13,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import scripts
 from .client import SyncClient
-from .cursor import RunStatus
+from .control import run_statuses
 from .settings import Settings
 from .wire import KEY_PREFIX, RunKeys
 
@@ -113,21 +112,17 @@ def list_runs(client: SyncClient, settings: Settings, states: Sequence[str] = ()
 
 def _rows(client: SyncClient, settings: Settings, ids: list[str], now: float) -> Iterator[RunRow]:
     keys = [RunKeys.for_run(run_id, hash_tag=settings.cluster_hash_tags) for run_id in ids]
+    statuses = run_statuses(client, ids, settings)
     with client.pipeline(transaction=False) as pipe:
         for k in keys:
-            pipe.execute_command("EVAL", scripts.STATUS.source, 3, k.meta, k.lease, k.stream)
             pipe.execute_command("XRANGE", k.stream, "-", "+", "COUNT", 1)
             pipe.execute_command("XREVRANGE", k.stream, "+", "-", "COUNT", 1)
         replies = pipe.execute(raise_on_error=False)
-    for i, k in enumerate(keys):
-        status_reply, first, last = replies[3 * i:3 * i + 3]
-        if isinstance(status_reply, Exception):
-            continue  # not a run (a key of another kind): nothing to list
-        status = RunStatus.from_reply(status_reply[0])
+    for i, (k, status) in enumerate(zip(keys, statuses, strict=True)):
+        first, last = (None if isinstance(r, Exception) else r for r in replies[2 * i:2 * i + 2])
         started = _seconds(status.queued, scale=1000) or _stamp(first)
-        written = _stamp(last)
         yield RunRow(k.run_id, status.state, status.attempt, status.last_seq, status.ending,
-                     _since(now, started), _since(now, written))
+                     _since(now, started), _since(now, _stamp(last)))
 
 
 def inspect_run(client: SyncClient, run_id: str, settings: Settings) -> RunDetail:
