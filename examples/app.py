@@ -5,20 +5,33 @@
 
 Routes:
 
-- ``GET /``: a page that starts a run and renders it live with ``EventSource``;
+- ``GET /``: a page that starts a run and renders it live with ``EventSource``; it also sets
+  the page session's cookie (a ``create`` token, ``HttpOnly``, ``SameSite=Strict``);
 - ``POST /runs``: queue a ``demo`` run (body ``{"text", "rate", "chunk_size"}``, all optional)
-  through the tasks API; 201 with its id, a read token and the URLs that take it;
-- ``POST /runs/{run_id}/cancel``: ask the run to stop (the same token is the permission);
+  through the tasks API. The params are checked against the generator's schema first (400
+  naming the field), then the ``create`` access (by default the page session's token, from
+  the cookie or ``Authorization: Bearer``); 201 with its id, a read token, a cancel token and
+  the URLs that take them, and the read token as a cookie scoped to the run's path;
+- ``POST /runs/{run_id}/cancel``: ask the run to stop (needs a token with the cancel scope);
 - the routes of ``streaming.web``: ``GET|POST /runs/{run_id}/stream``,
-  ``GET /runs/{run_id}/status``;
+  ``GET /runs/{run_id}/status``, ``POST /runs/{run_id}/token``;
 - the operational routes of ``streaming.ops``: ``GET /metrics`` (Prometheus), ``GET /livez``,
   ``GET /readyz`` (the store and the reader hub).
+
+Who may start runs is the access hook's decision (``auth`` of ``StreamEndpoints``, asked with
+scope ``create``): the default lets any client that loaded the page start runs, and refuses
+cross-site requests (the cookie is ``SameSite=Strict``). Put your login there. Query tokens
+are redacted from uvicorn's access log (``streaming.web.install_log_redaction``).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
+import math
 import secrets
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,10 +43,19 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from streaming import logs
-from streaming.errors import AccessDenied, InvalidInput
+from streaming.errors import AccessDenied, InvalidInput, Unavailable
 from streaming.ops import ops_routes
 from streaming.settings import Settings
-from streaming.web import StreamEndpoints, error_response, read_json_object
+from streaming.web import (
+    SESSION_COOKIE,
+    TOKEN_COOKIE,
+    AuthHook,
+    StreamEndpoints,
+    error_response,
+    install_log_redaction,
+    request_token,
+)
+from tasks.schemas import ParamsSchemas
 
 __all__ = ["DEMO_TEXT", "Launcher", "create_app"]
 
@@ -46,7 +68,7 @@ DEMO_TEXT = (
     "the browser reconnects with the id of the last event it saw, and the server resumes "
     "right after it, so nothing is lost and nothing is repeated."
 )
-_PARAMS = {"text": str, "rate": (int, float), "chunk_size": int}
+_REFUSED = (InvalidInput, AccessDenied, Unavailable)
 
 
 class Launcher(Protocol):
@@ -58,15 +80,21 @@ class Launcher(Protocol):
 
 
 def create_app(settings: Settings | None = None, *, launcher: Launcher | None = None,
-               retry_ms: int = 1000) -> Starlette:
-    """The app; ``launcher`` defaults to the Celery tasks API built from the environment."""
+               retry_ms: int = 1000, auth: AuthHook | None = None,
+               schemas: ParamsSchemas | None = None, runs_per_minute: int = 20) -> Starlette:
+    """The app; ``launcher`` defaults to the Celery tasks API built from the environment,
+    ``auth`` to tokens (see the module), ``schemas`` to the built-in generators' params.
+    ``runs_per_minute`` bounds the runs one client (its page session, else its address) may
+    start, per web process (429 past it)."""
     _log_runs()
     settings = _with_secret(settings or Settings.from_env())
-    streams = StreamEndpoints(settings, retry_ms=retry_ms)
-    runs = _Runs(streams, launcher or _celery_launcher())
+    streams = StreamEndpoints(settings, retry_ms=retry_ms, auth=auth)
+    runs = _Runs(streams, launcher or _celery_launcher(), schemas or ParamsSchemas.load(),
+                 RateLimit(runs_per_minute, 60.0))
+    install_log_redaction()
     app = Starlette(
         routes=[
-            Route("/", _index),
+            Route("/", runs.index),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
             Route("/runs", runs.create, methods=["POST"], name="create_run"),
             Route("/runs/{run_id}/cancel", runs.cancel, methods=["POST"], name="cancel_run"),
@@ -79,57 +107,117 @@ def create_app(settings: Settings | None = None, *, launcher: Launcher | None = 
     return app
 
 
-class _Runs:
-    """The app's own run routes: create and cancel."""
+class RateLimit:
+    """At most ``count`` events per ``per`` seconds for each key (a sliding window), for at
+    most ``keys`` keys at once (the oldest are forgotten first): bounded memory."""
 
-    def __init__(self, streams: StreamEndpoints, launcher: Launcher) -> None:
+    def __init__(self, count: int, per: float, keys: int = 10_000) -> None:
+        self.count, self.per, self.keys = count, per, keys
+        self._seen: dict[str, collections.deque[float]] = {}
+
+    def wait(self, key: str) -> float:
+        """0 if one more event of ``key`` is allowed now (and count it), else seconds to wait."""
+        now = time.monotonic()
+        seen = self._seen.pop(key, None) or collections.deque()
+        while seen and seen[0] <= now - self.per:
+            seen.popleft()
+        self._seen[key] = seen  # most recent last: the first keys are the oldest
+        if len(self._seen) > self.keys:
+            del self._seen[next(iter(self._seen))]
+        if len(seen) >= self.count:
+            return seen[0] + self.per - now
+        seen.append(now)
+        return 0.0
+
+
+class _Runs:
+    """The app's own run routes: the page, create and cancel."""
+
+    def __init__(self, streams: StreamEndpoints, launcher: Launcher,
+                 schemas: ParamsSchemas, limit: RateLimit) -> None:
         self.streams = streams
         self.launcher = launcher
+        self.schemas = schemas
+        self.limit = limit
+
+    async def index(self, request: Request) -> Response:
+        page = FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+        if self.streams.signer is not None:
+            page.set_cookie(SESSION_COOKIE, self.streams.issue_session(), httponly=True,
+                            samesite="strict", path=request.app.url_path_for("create_run"),
+                            max_age=int(self.streams.settings.token_ttl))
+        return page
 
     async def create(self, request: Request) -> Response:
         try:
-            params = _demo_params(await read_json_object(request))
-        except InvalidInput as exc:
+            body = await self.streams.read_json(request)
+            params = self.schemas.check("demo", {"text": DEMO_TEXT, **body})
+            await self.streams.authorize(request, None, "create")
+            wait = self.limit.wait(self._client(request))
+            if wait:
+                return _too_many(wait)
+            run_id = await self.streams.store(self.launcher.astart("demo", params),
+                                              errors=_launch_errors())
+        except _REFUSED as exc:
             return error_response(exc)
-        run_id = await self.launcher.astart("demo", params)
-        token = self.streams.issue_token(run_id)
+        return self._created(request, run_id)
+
+    def _client(self, request: Request) -> str:
+        """Who is starting runs: the page session of the create token, else the address."""
+        token = request_token(request, "create")
+        if token is not None and self.streams.signer is not None:
+            with contextlib.suppress(AccessDenied):
+                return self.streams.signer.verify(token).subject
+        return request.client.host if request.client else "unknown"
+
+    def _created(self, request: Request, run_id: str) -> Response:
+        read = self.streams.issue_token(run_id)
+        cancel = self.streams.issue_token(run_id, scopes=("cancel",))
         path = request.app.url_path_for
         body = {
             "run_id": run_id,
-            "token": token,
-            "stream_url": f"{path('run_stream', run_id=run_id)}?token={token}",
-            "status_url": f"{path('run_status', run_id=run_id)}?token={token}",
-            "cancel_url": f"{path('cancel_run', run_id=run_id)}?token={token}",
+            "token": read,
+            "cancel_token": cancel,
+            "stream_url": f"{path('run_stream', run_id=run_id)}?token={read}",
+            "status_url": f"{path('run_status', run_id=run_id)}?token={read}",
+            "cancel_url": f"{path('cancel_run', run_id=run_id)}?token={cancel}",
+            "token_url": str(path("run_token", run_id=run_id)),
         }
-        return JSONResponse(body, status_code=201, headers={"Cache-Control": "no-store"})
+        response = JSONResponse(body, status_code=201, headers={"Cache-Control": "no-store"})
+        # The same read token for clients that send cookies: no token in any URL or log.
+        response.set_cookie(TOKEN_COOKIE, read, httponly=True, samesite="strict",
+                            path=body["status_url"].rsplit("/", 1)[0],
+                            max_age=int(self.streams.settings.token_ttl))
+        return response
 
     async def cancel(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]
         try:
-            await self.streams.authorize(request, run_id)
-        except (InvalidInput, AccessDenied) as exc:
+            await self.streams.authorize(request, run_id, "cancel")
+            cancelled = await self.streams.store(
+                self.launcher.acancel(run_id, "cancelled from the page"), errors=_launch_errors())
+        except _REFUSED as exc:
             return error_response(exc)
-        if await self.launcher.acancel(run_id, "cancelled from the page"):
+        if cancelled:
             return JSONResponse({"run_id": run_id, "cancel_requested": True}, status_code=202)
         body = {"error": {"type": "not_running", "message": "the run has already ended"}}
         return JSONResponse(body, status_code=409)
 
 
-async def _index(request: Request) -> Response:
-    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+def _too_many(wait: float) -> Response:
+    body = {"error": {"type": "too_many_requests",
+                      "message": "too many runs started from this session; try again later"}}
+    return JSONResponse(body, status_code=429,
+                        headers={"Retry-After": str(math.ceil(wait)), "Cache-Control": "no-store"})
 
 
-def _demo_params(body: dict[str, Any]) -> dict[str, Any]:
-    """The ``demo`` generator's params from the request: only the known keys, type-checked."""
-    params: dict[str, Any] = {"text": DEMO_TEXT}
-    for name, kind in _PARAMS.items():
-        value = body.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise InvalidInput(f"{name} has the wrong type: {value!r}")
-        params[name] = value
-    return params
+def _launch_errors() -> tuple[type[BaseException], ...]:
+    """What the tasks API raises when the broker is away (besides the store's errors)."""
+    try:
+        from kombu.exceptions import OperationalError
+    except ImportError:  # pragma: no cover - a launcher without Celery
+        return (OSError,)
+    return (OSError, OperationalError)
 
 
 def _log_runs() -> None:

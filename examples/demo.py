@@ -143,6 +143,7 @@ def _print_urls(console: Console, redis_url: str, urls: dict[str, str], logs: Pa
 def _demo_run(console: Console, app_url: str, rate: float) -> int:
     """Start one run through the app's API and follow it; 0 if it ended done."""
     with httpx.Client(base_url=app_url, timeout=30) as client:
+        client.get("/").raise_for_status()  # the page session: it may start runs
         response = client.post("/runs", json={"rate": rate, "chunk_size": CHUNK_SIZE})
         response.raise_for_status()
         run = response.json()

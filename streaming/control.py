@@ -50,7 +50,11 @@ __all__ = [
 
 When = Literal["due", "not_live", "always"]
 _WHEN = ("due", "not_live", "always")
+#: How servers word a refused write: redis-py maps the first two to NoPermissionError and
+#: ReadOnlyError, but an ACL refusal inside a script arrives as "ACL failure in script".
 _REFUSALS = ("NOPERM", "ACL failure", "READONLY", "No permissions")
+#: Runs per ``STATUS`` call (keys: three per run).
+_STATUS_BATCH = 300
 
 
 def ending_refused(exc: Exception) -> bool:
@@ -59,9 +63,6 @@ def ending_refused(exc: Exception) -> bool:
     if isinstance(exc, NoPermissionError | ReadOnlyError):
         return True
     return isinstance(exc, ResponseError) and any(word in str(exc) for word in _REFUSALS)
-
-#: Runs per ``STATUS`` call (keys: three per run).
-_STATUS_BATCH = 300
 
 
 def _keys(run_id: str, settings: Settings) -> RunKeys:
@@ -153,12 +154,13 @@ def _status_groups(run_ids: Sequence[str], settings: Settings) -> list[list[int]
 
 
 def _queue_statuses(pipe: Any, run_ids: Sequence[str], groups: list[list[int]],
-                    settings: Settings) -> None:
+                    settings: Settings, by_sha: bool) -> None:
+    command, script = ("EVALSHA", scripts.STATUS.sha) if by_sha else ("EVAL", scripts.STATUS.source)
     for group in groups:
         runs = [_keys(run_ids[i], settings) for i in group]
         keys = [k for run in runs for k in (run.meta, run.lease, run.stream)]
         # execute_command: a cluster pipeline has no evalsha(), yet routes it by its keys
-        pipe.execute_command("EVALSHA", scripts.STATUS.sha, len(keys), *keys)
+        pipe.execute_command(command, script, len(keys), *keys)
 
 
 def _in_order(run_ids: Sequence[str], groups: list[list[int]],
@@ -178,29 +180,28 @@ def _in_order(run_ids: Sequence[str], groups: list[list[int]],
 def run_statuses(client: SyncClient, run_ids: Sequence[str],
                  settings: Settings) -> list[RunStatus]:
     """The status of many runs, in order: one pipeline of ``STATUS`` calls (one per batch of
-    runs, per slot in a cluster)."""
+    runs, per slot in a cluster). A node that does not know the script yet gets its source
+    (``EVAL`` caches it there): that needs no ``SCRIPT LOAD`` permission."""
     groups = _status_groups(run_ids, settings)
-    for _ in range(2):
+    for by_sha in (True, False):
         with client.pipeline(transaction=False) as pipe:
-            _queue_statuses(pipe, run_ids, groups, settings)
+            _queue_statuses(pipe, run_ids, groups, settings, by_sha)
             statuses = _in_order(run_ids, groups, pipe.execute(raise_on_error=False))
         if statuses is not None:
             return statuses
-        client.script_load(scripts.STATUS.source)  # on every primary of a cluster
-    raise NoScriptError("the STATUS script could not be loaded")
+    raise NoScriptError("the STATUS script is unknown to the server after EVAL")
 
 
 async def arun_statuses(client: AsyncClient, run_ids: Sequence[str],
                         settings: Settings) -> list[RunStatus]:
     groups = _status_groups(run_ids, settings)
-    for _ in range(2):
+    for by_sha in (True, False):
         async with client.pipeline(transaction=False) as pipe:
-            _queue_statuses(pipe, run_ids, groups, settings)
+            _queue_statuses(pipe, run_ids, groups, settings, by_sha)
             statuses = _in_order(run_ids, groups, await pipe.execute(raise_on_error=False))
         if statuses is not None:
             return statuses
-        await client.script_load(scripts.STATUS.source)
-    raise NoScriptError("the STATUS script could not be loaded")
+    raise NoScriptError("the STATUS script is unknown to the server after EVAL")
 
 
 # -- endings ----------------------------------------------------------------------------------

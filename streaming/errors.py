@@ -4,7 +4,10 @@
     ├── InvalidInput (also a ValueError): bad input, refused before any Redis I/O
     │   ├── InvalidRunId
     │   ├── InvalidCursor
-    │   └── InvalidChunk
+    │   ├── InvalidChunk
+    │   └── RequestTooLarge: a request body past the web tier's limit (HTTP 413)
+    ├── Unavailable: the stream store did not answer a web request in time, or failed it
+    │   (HTTP 503 with Retry-After)
     ├── ConfigurationError: a setting or environment variable that cannot be used
     ├── WriterError
     │   ├── WriterStateError: the writer is not started, is closed, or was created before fork()
@@ -36,6 +39,7 @@ __all__ = [
     "InvalidInput",
     "InvalidRunId",
     "ReaderError",
+    "RequestTooLarge",
     "RunBusyError",
     "RunClosedError",
     "StaleWriterError",
@@ -43,6 +47,7 @@ __all__ = [
     "StreamGoneError",
     "StreamingError",
     "Unauthenticated",
+    "Unavailable",
     "WriterError",
     "WriterStateError",
 ]
@@ -66,6 +71,21 @@ class InvalidCursor(InvalidInput):
 
 class InvalidChunk(InvalidInput):
     """Chunk data that is not text, or is larger than the configured limit."""
+
+
+class RequestTooLarge(InvalidInput):
+    """A request body larger than the configured limit."""
+
+
+class Unavailable(StreamingError):
+    """The stream store did not answer within the web tier's bound, or failed the request.
+
+    ``retry_after`` is the seconds a client should wait before trying again.
+    """
+
+    def __init__(self, message: str, retry_after: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ConfigurationError(StreamingError):

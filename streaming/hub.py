@@ -8,7 +8,10 @@ costs no command of its own: one blocking read per ``block_timeout`` serves them
 stored deadline comes due sooner is checked then); an overdue run's ending is stored by the hub
 (the guarded ``END`` script) and read like any entry. When a
 reader joins, the hub interrupts its blocking read with ``CLIENT UNBLOCK`` so the new stream
-is followed at once. A reader that falls ``reader_queue`` entries behind is detached and
+is followed at once. Where the server's ACL does not grant ``CLIENT UNBLOCK`` (the hub tries it
+once, on a connection that is not blocked), the shared reads block for at most
+``NO_UNBLOCK_BLOCK`` s instead: a new reader waits up to that long for its first live event.
+A reader that falls ``reader_queue`` entries behind is detached and
 catches up on its own again, so one slow client never holds the others back
 (``streaming.fanout``). In a Redis Cluster the hub follows runs through shard channels
 instead (``streaming.cluster``); readers see no difference.
@@ -23,10 +26,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 from redis.retry import Retry
 
-from . import cluster, control, scripts
+from . import cluster, control
 from . import metrics as _metrics
 from .client import TRANSIENT, AsyncClient, async_client
 from .cursor import NOT_A_RUN, Entry, RunCursor, RunStatus, wrong_type, xread_reply
@@ -43,6 +46,8 @@ _BATCH = 500
 #: a burst of new readers waits its turn on these instead of opening one connection each.
 _POOL = 16
 _TRANSIENT = TRANSIENT
+#: Longest shared blocking read when ``CLIENT UNBLOCK`` is refused (the slower fallback).
+NO_UNBLOCK_BLOCK = 1.0
 
 
 class _Shard(Follower):
@@ -57,6 +62,9 @@ class _Shard(Follower):
         self.client_id: int | None = None
         self.reading: dict[str, str] | None = None
         self.unblocking = False
+        #: Whether ``CLIENT UNBLOCK`` is allowed: None until tried.
+        self.can_unblock: bool | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _behind(self, key: str) -> None:
         reading = self.reading
@@ -64,18 +72,38 @@ class _Shard(Follower):
             self._unblock()
 
     def _unblock(self) -> None:
-        if self.unblocking or self.client_id is None:
+        if self.unblocking or self.client_id is None or self.can_unblock is False:
             return
         self.unblocking = True
-        asyncio.get_running_loop().create_task(self._send_unblock(self.client_id))
+        task = asyncio.get_running_loop().create_task(self._send_unblock(self.client_id))
+        self._tasks.add(task)  # held until done; it never ends with an exception
+        task.add_done_callback(self._tasks.discard)
 
     async def _send_unblock(self, client_id: int) -> None:
         try:
             await self.hub.client.client_unblock(client_id)
+        except ResponseError as exc:  # NOPERM: the server's ACL does not grant it
+            self._refused(exc)
         except _TRANSIENT as exc:
             logger.warning("reader hub: CLIENT UNBLOCK failed: %s", exc)
         finally:
             self.unblocking = False
+
+    async def _try_unblock(self) -> None:
+        """Find out once whether ``CLIENT UNBLOCK`` is allowed (our connection is not blocked
+        now, so it unblocks nothing)."""
+        assert self.client_id is not None
+        try:
+            await self.hub.client.client_unblock(self.client_id)
+            self.can_unblock = True
+        except ResponseError as exc:
+            self._refused(exc)
+
+    def _refused(self, exc: ResponseError) -> None:
+        if self.can_unblock is not False:
+            logger.warning("reader hub: CLIENT UNBLOCK refused (%s); shared reads block at most "
+                           "%g s, so a new reader waits up to that long", exc, NO_UNBLOCK_BLOCK)
+        self.can_unblock = False
 
     def _sooner(self) -> None:
         if self.reading is not None:
@@ -105,10 +133,14 @@ class _Shard(Follower):
     async def _read_once(self) -> None:
         if self.client_id is None:
             self.client_id = int(await self.client.client_id())
+            if self.can_unblock is None:
+                await self._try_unblock()
             if not self.pos:
                 return  # every reader left while the connection was set up
         settings = self.hub.settings
         block = max(min(settings.block_timeout, self.next_check_in()), 0.01)
+        if not self.can_unblock:
+            block = min(block, NO_UNBLOCK_BLOCK)
         self.reading = dict(self.pos)
         try:
             streams: dict[Any, Any] = self.reading
@@ -139,14 +171,22 @@ class ReaderHub:
 
     ``connections`` blocking connections split the followed streams between them (on a single
     server; in a cluster the hub holds one pubsub connection per primary instead).
-    ``client`` (default: built from ``settings``) runs the non-blocking commands.
+    ``client`` (default: built from ``settings``) runs the non-blocking commands, and stores
+    the ending of a run that is overdue by its stored times. A client that may not write (an
+    ACL without write commands, a read-only replica) is refused that write: only then do its
+    readers make the ending up (no ``id:``; the same kind and message). Deadlines need the
+    server's clock: a client that may not run ``TIME`` leaves overdue runs to the workers'
+    sweeps.
     """
 
     def __init__(self, settings: Settings, *, client: AsyncClient | None = None,
                  connections: int = 1) -> None:
         self.settings = settings
         self._own_client = client is None
-        self.client = client or async_client(settings, reader=True, max_connections=_POOL)
+        # In a cluster no command of this client blocks (the hub follows runs by pubsub), so it
+        # keeps the plain socket timeout: a hung node is given up on sooner.
+        self.client = client or async_client(settings, reader=not settings.cluster,
+                                             max_connections=_POOL)
         self._connections = connections
         self._shards: list[Follower] = []
         self.readers = 0
@@ -206,14 +246,8 @@ class ReaderHub:
     async def statuses(self, runs: list[RunKeys]) -> list[RunStatus]:
         """Status of many runs in one command (in a cluster: one per slot, in one pipeline)."""
         async with self._gate:
-            if self.settings.cluster:
-                return await cluster.statuses(self.client, runs)
-            keys = [k for run in runs for k in (run.meta, run.lease, run.stream)]
-            try:
-                reply = await self.client.evalsha(scripts.STATUS.sha, len(keys), *keys)
-            except NoScriptError:
-                reply = await self.client.eval(scripts.STATUS.source, len(keys), *keys)
-        return [RunStatus.from_reply(item) for item in reply]
+            return await control.arun_statuses(self.client, [r.run_id for r in runs],
+                                               self.settings)
 
     async def end_overdue(self, run: RunKeys) -> Terminal | None:
         """Store the ending of an overdue run (``control.aend_if_overdue``); its ending after

@@ -29,10 +29,12 @@ from streaming.wire import validate_run_id
 from worker.config import WorkerConfig, celery_settings
 
 from . import GENERATE
+from .schemas import ParamsError, ParamsSchemas
 
 __all__ = ["Runs", "new_run_id", "redact"]
 #: Params whose names match this are shown as ``'***'`` in Flower and logs.
-SECRET = re.compile(r"key|token|secret|password|passwd|authorization|credential", re.I)
+SECRET = re.compile(r"key|token|secret|passw|passphrase|pwd|auth|credential|cookie|session"
+                    r"|bearer|jwt", re.I)
 _POLL = 0.1
 
 
@@ -54,24 +56,32 @@ class Runs:
     """Runs of the ``tasks.generate`` task, through ``celery`` (any app on the workers' broker)
     and ``client`` (the stream store)."""
 
-    def __init__(self, celery: Celery, client: redis.Redis, settings: Settings) -> None:
+    def __init__(self, celery: Celery, client: redis.Redis, settings: Settings,
+                 schemas: ParamsSchemas | None = None) -> None:
         self.celery = celery
         self.client = client
         self.settings = settings
+        #: Params are checked against these before anything is written or sent (None: only
+        #: that they are a mapping; the worker checks the rest).
+        self.schemas = schemas
 
     @classmethod
     def from_config(cls, config: WorkerConfig) -> Runs:
         """A sending-only Celery app and a Redis client for ``config`` (connect on first use)."""
         celery = Celery("runs", set_as_current=False)
         celery.conf.update(celery_settings(config))
-        return cls(celery, sync_client(config.streaming), config.streaming)
+        return cls(celery, sync_client(config.streaming), config.streaming, _schemas(config))
 
     def start(self, generator: str, params: Mapping[str, Any] | None = None, *,
               run_id: str | None = None, soft_time_limit: float | None = None,
               time_limit: float | None = None) -> str:
-        """Queue a run of ``generator`` and return its id at once (readers may attach now)."""
+        """Queue a run of ``generator`` and return its id at once (readers may attach now).
+
+        Params that do not fit raise ``tasks.schemas.ParamsError`` (naming the field) and an
+        unknown generator ``UnknownGeneratorError``, before anything is written or sent.
+        """
         run_id = validate_run_id(run_id) if run_id else new_run_id()
-        params = dict(params or {})
+        params = self._checked(generator, params)
         mark_pending(self.client, run_id, self.settings)
         self.celery.send_task(
             GENERATE, task_id=run_id, shadow=f"{GENERATE}[{generator}]",
@@ -80,6 +90,14 @@ class Runs:
             soft_time_limit=soft_time_limit, time_limit=time_limit,
         )
         return run_id
+
+    def _checked(self, generator: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        if self.schemas is not None:
+            return self.schemas.check(generator, params)
+        if params is not None and not isinstance(params, Mapping):
+            raise ParamsError(f"params must be a mapping (a JSON object), got "
+                              f"{type(params).__name__}", "params")
+        return dict(params or {})
 
     def cancel(self, run_id: str, reason: str = "cancelled", *, grace: float | None = None) -> bool:
         """Ask the run to stop; False if it is unknown or has already ended.
@@ -123,3 +141,10 @@ class Runs:
 
     async def astatus(self, run_id: str) -> RunStatus:
         return await asyncio.to_thread(self.status, run_id)
+
+
+def _schemas(config: WorkerConfig) -> ParamsSchemas | None:
+    """The params schemas a sending process checks against (see ``WorkerConfig.params_schema``)."""
+    if config.params_schema:
+        return ParamsSchemas.load(config.params_schema)
+    return None if config.generator_modules else ParamsSchemas.load()

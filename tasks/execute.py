@@ -6,9 +6,21 @@ How an attempt ends:
 - ``SoftTimeLimitExceeded``: ``timeout``; a refused run (unknown generator, bad params) or a
   generator error: ``error`` with its type and message (the task then fails, so Flower shows
   it); an error its generator lists as transient: the task is retried and the run continues;
-- another live attempt holds the run (a duplicate delivery) or the run has ended: nothing is
-  written and the task returns quietly; this attempt was fenced off by a newer one: the same;
+- another live attempt holds the run (a duplicate delivery): nothing is written and the task
+  returns quietly; this attempt was fenced off by a newer one: the same;
+- the run has ended (an earlier attempt finished it, or its queue deadline passed before this
+  delivery: a message stranded by a broker or store restart): nothing is written, the task's
+  Celery state is made to follow the stored ending (``worker.states``), and the task ends
+  without a result of its own (``Ignore``);
 - too many attempts (a run that kills its worker each time): ``lost``.
+
+A later attempt of a run opens it with ``resume`` set for a generator registered
+``resumable``: the generator continues after the chunks earlier attempts stored. Others start
+over, and the ``restarted`` event tells clients to drop the earlier output.
+
+An outage of the store holds the task at most about ``unavailable_timeout``: chunk writes
+raise past it, and progress reports and cancel-flag reads that fail are not tried again for
+``STORE_BACKOFF`` s (each try is bounded by the socket timeouts of ``worker.config``).
 """
 
 from __future__ import annotations
@@ -19,14 +31,21 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 import redis
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
 
 from streaming import logs
 from streaming.control import cancel_reason
-from streaming.errors import FencedError, RunBusyError, RunClosedError
+from streaming.errors import (
+    BufferFullError,
+    FencedError,
+    RunBusyError,
+    RunClosedError,
+    StoreUnavailableError,
+)
 from streaming.wire import Terminal
 from streaming.writer import RunWriter
+from worker.states import follow_ending
 
 from .errors import RunRefused
 from .registry import GeneratorSpec, RunContext, registry
@@ -37,26 +56,49 @@ if TYPE_CHECKING:
 
     from worker.config import WorkerConfig
 
-__all__ = ["STREAMING", "execute"]
+__all__ = ["STORE_BACKOFF", "STREAMING", "execute"]
 
 logger = logging.getLogger(__name__)
 #: The Celery state of a run whose chunks are flowing (Flower shows it, with progress).
 STREAMING = "STREAMING"
+#: After a progress report or cancel-flag read failed, seconds before the next try.
+STORE_BACKOFF = 5.0
+#: How long the ending of a run whose store stayed away past its deadline is waited for.
+UNSTORED_WAIT = 0.5
 
 
 def execute(task: Task, run_id: str, generator: str, params: object) -> dict[str, Any]:
     """Run ``generator`` with ``params`` into ``run_id``; returns the attempt's summary."""
     config: WorkerConfig = task.app.config
+    spec = _lookup(generator)
     try:
-        run = task.app.stream_writer().open(run_id, wait=config.streaming.lease_ttl * 1.5)
+        run = task.app.stream_writer().open(run_id, wait=config.streaming.lease_ttl * 1.5,
+                                            resume=spec is not None and spec.resumable)
     except RunBusyError:
         logger.warning("run %s is served by another live attempt; this delivery ends", run_id)
         return {"run_id": run_id, "ending": "busy"}
     except RunClosedError:
-        logger.info("run %s has already ended; nothing to do", run_id)
-        return {"run_id": run_id, "ending": "ended"}
+        logger.info("run %s has already ended; this delivery writes nothing", run_id)
+        _follow_ending(task, config, run_id)
+        raise Ignore() from None
     with logs.bind(run_id, run.attempt):
         return Attempt(task, config, run).run(generator, params)
+
+
+def _follow_ending(task: Task, config: WorkerConfig, run_id: str) -> None:
+    """Give the task the Celery state of the run's stored ending (unless it has a final one)."""
+    try:
+        follow_ending(task.app, task.app.redis, config.streaming, run_id, task.request.id)
+    except (OperationalError, redis.RedisError, OSError) as exc:  # the sweep tries again
+        logger.warning("could not set the Celery state of ended run %s: %s", run_id, exc)
+
+
+def _lookup(generator: str) -> GeneratorSpec | None:
+    """The generator's registration, or None (the attempt then refuses the run)."""
+    try:
+        return registry.get(generator)
+    except RunRefused:
+        return None
 
 
 class Attempt:
@@ -69,6 +111,7 @@ class Attempt:
         self.summary = Summary(run.run_id, run.attempt)
         self.watch = CancelWatch(run, self._read_cancel_flag, config.cancel_check_interval)
         self._next_report = 0.0
+        self._next_flag_read = 0.0
 
     def run(self, generator: str, params: object) -> dict[str, Any]:
         try:
@@ -78,6 +121,10 @@ class Attempt:
                            self.run_writer.run_id)
             self.summary.ending = "fenced"
             return self.summary.as_dict()
+        except StoreUnavailableError as exc:
+            logger.error("run %s stopped: the store stayed unreachable (%s); its ending is "
+                         "stored when the store is back", self.run_writer.run_id, exc)
+            raise
 
     def _run(self, generator: str, params: object) -> dict[str, Any]:
         if self.run_writer.attempt > self.config.max_attempts:
@@ -109,7 +156,9 @@ class Attempt:
     def _stream(self, spec: GeneratorSpec, params: Any) -> None:
         if self.watch.reason():
             return
-        context = RunContext(self.run_writer.run_id, self.run_writer.attempt, self.config)
+        resumed = self.run_writer.resumed_chunks if spec.resumable else 0
+        context = RunContext(self.run_writer.run_id, self.run_writer.attempt, self.config,
+                             resumed_chunks=resumed)
         logger.info("run %s started: generator %s, after seq %d", self.run_writer.run_id,
                     spec.name, self.run_writer.last_seq)
         chunks = spec.function(params, context)
@@ -127,21 +176,34 @@ class Attempt:
         message = str(exc) or type(exc).__name__
         if self.config.send_tracebacks and not isinstance(exc, RunRefused):
             message += "\n" + "".join(traceback.format_exception(exc))
-        self._end(Terminal.ERROR, message, type(exc).__name__)
+        # The store has been away past its deadline already: no point waiting for it again.
+        wait = UNSTORED_WAIT if isinstance(exc, StoreUnavailableError) else None
+        try:
+            self._end(Terminal.ERROR, message, type(exc).__name__, wait)
+        except (StoreUnavailableError, BufferFullError) as unstored:  # the task fails with exc
+            logger.warning("run %s: its ending is not stored yet (%s); the writer stores it "
+                           "when the store is back", self.run_writer.run_id, unstored)
 
-    def _end(self, kind: Terminal, message: str = "", type: str | None = None) -> dict[str, Any]:
-        """Write the run's ending and wait until every chunk is stored."""
-        self.summary.last_seq = self.run_writer.finish(kind, message, type=type)
+    def _end(self, kind: Terminal, message: str = "", type: str | None = None,
+             wait: float | None = None) -> dict[str, Any]:
+        """Write the run's ending and wait until every chunk is stored: at most ``wait`` s
+        (default ``unavailable_timeout``); the ending stays buffered and is stored once the
+        store is back."""
+        wait = self.config.streaming.unavailable_timeout if wait is None else wait
+        self.summary.last_seq = self.run_writer.finish(kind, message, type=type, timeout=wait)
         self.summary.ending = kind.value
         logger.info("run %s ended %s: %d chunks, last seq %d", self.run_writer.run_id,
                     kind.value, self.summary.chunks, self.summary.last_seq)
         return self.summary.as_dict()
 
     def _read_cancel_flag(self) -> str:
+        if time.monotonic() < self._next_flag_read:
+            return ""
         try:
             return cancel_reason(self.task.app.redis, self.run_writer.run_id,
                                  self.config.streaming)
         except redis.RedisError as exc:  # the writer's next flush brings the flag back too
+            self._next_flag_read = time.monotonic() + STORE_BACKOFF
             logger.warning("could not read the cancel flag of %s: %s", self.run_writer.run_id, exc)
             return ""
 
@@ -159,4 +221,5 @@ class Attempt:
             self.task.send_event("task-streaming", retry=False, result=repr(progress),
                                  **progress)
         except (OperationalError, redis.RedisError, OSError) as exc:
+            self._next_report = time.monotonic() + STORE_BACKOFF
             logger.warning("progress report of %s failed: %s", self.run_writer.run_id, exc)

@@ -271,6 +271,30 @@ async def test_a_reader_reconnecting_often_learns_lost_as_soon_as_a_holding_one(
 
 
 @pytest.mark.fault
+async def test_a_reader_joining_brings_a_followed_runs_check_forward(settings, run_id):
+    """The hub was blocked until its next regular check (30 s away); a reader that opens on
+    the run after its producer left knows the run's stored deadline and cuts that wait."""
+    # a live run's first check: when its lease (10 s) plus the grace (2 s) could be over
+    slow_checks = settings.replace(liveness_interval=30, block_timeout=30, lease_ttl=10)
+    writer = StreamWriter(slow_checks).start()
+    try:
+        run = await asyncio.to_thread(writer.open, run_id)
+        run.send("x")
+        await run.aflush()
+        async with ReaderHub(slow_checks) as hub:
+            first = asyncio.create_task(holding_reader(hub, run_id))
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(run.release)  # the grace starts now, not in 10 s
+            left = time.monotonic()
+            second = asyncio.create_task(holding_reader(hub, run_id))
+            (one, one_at), (two, _) = await asyncio.wait_for(asyncio.gather(first, second), 30)
+    finally:
+        writer.stop()
+    assert one[-1] == two[-1] and one[-1].seq == 2 and one[-1].terminal is Terminal.LOST
+    assert one_at - left < settings.producer_timeout + 4  # not at the first reader's 12 s
+
+
+@pytest.mark.fault
 async def test_the_hub_stores_a_queued_runs_timeout_when_its_deadline_comes(settings, client,
                                                                             run_id):
     quick = settings.replace(queue_timeout=1.5, liveness_interval=30, block_timeout=30)

@@ -31,15 +31,18 @@ class DemoFailure(RuntimeError):
     """What ``demo.fail`` raises."""
 
 
-@register("demo", DemoParams)
+@register("demo", DemoParams, resumable=True)
 async def demo(params: DemoParams, context: RunContext) -> AsyncIterator[dict[str, Any]]:
     """``params.text`` in ``chunk_size`` pieces, ``rate`` a second; each ``{"text", "index"}``.
 
-    The ``text`` fields, concatenated in seq order, give the input exactly.
+    The ``text`` fields, joined in seq order, give the input exactly. A later attempt of the
+    run continues after the ``context.resumed_chunks`` pieces stored before, so the same holds
+    across restarts.
     """
     size = params.chunk_size
-    for index, start in enumerate(range(0, len(params.text), size)):
-        if index:
+    first = context.resumed_chunks
+    for index, start in enumerate(range(first * size, len(params.text), size), start=first):
+        if index > first:
             await asyncio.sleep(1 / params.rate)
         yield {"text": params.text[start:start + size], "index": index}
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +21,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def flower(redis_url: str) -> Iterator[tuple[WorkerProcess, str]]:
-    worker = WorkerProcess(redis_url).start()
+    # Short requeue grace and sweep: the worker's sweep ends dead runs of other workers soon.
+    worker = WorkerProcess(redis_url, STREAMING_PRODUCER_TIMEOUT="3",
+                           WORKER_SWEEP_INTERVAL="0.5").start()
     port = free_port()
     env = worker.env | {"FLOWER_UNAUTHENTICATED_API": "true"}
     process = subprocess.Popen(
@@ -83,3 +87,21 @@ def test_flower_shows_arguments_without_secrets(flower):
     assert "'prompt': 'hi'" in info["kwargs"] and "'***'" in info["kwargs"]
     listed = get(f"{url}/api/tasks?limit=100")
     assert run_id in listed and "sk-very-secret" not in str(listed)
+
+
+@pytest.mark.fault
+def test_flower_shows_a_run_whose_whole_worker_was_killed_as_failed(flower, redis_url):
+    """Finding 7: not STREAMING forever; the sweep of the worker still alive stores the
+    failure and announces it with a task-failed event, which Flower shows."""
+    _, url = flower
+    victim = WorkerProcess(redis_url, STREAMING_PRODUCER_TIMEOUT="3").start()
+    try:
+        run_id = victim.runs.start("demo", {"text": "k" * 200, "chunk_size": 1, "rate": 10})
+        task_info(url, run_id, "STREAMING")
+        assert victim.process is not None
+        os.killpg(victim.process.pid, signal.SIGKILL)
+        victim.process.wait(10)
+        info = task_info(url, run_id, "FAILURE")
+        assert "RunEnded" in info["exception"] and "lost" in info["exception"]
+    finally:
+        victim.stop()

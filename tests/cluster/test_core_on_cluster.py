@@ -10,6 +10,7 @@ from tests.test_lifecycle import (  # noqa: F401
     test_a_killed_producer_gets_a_stored_lost_that_every_reader_sees,
     test_a_queued_run_never_claimed_gets_a_stored_timeout,
     test_a_quiet_writer_learns_of_the_ending_on_its_next_lease_refresh,
+    test_a_reader_joining_brings_a_followed_runs_check_forward,
     test_a_reader_reconnecting_often_learns_lost_as_soon_as_a_holding_one,
     test_a_stalled_producer_that_comes_back_writes_nothing,
     test_status_carries_the_stored_times,

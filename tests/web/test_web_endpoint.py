@@ -331,8 +331,9 @@ def test_bearer_token_and_custom_auth_hook(web_settings: Settings,
     run_id, _datas = done_run
     seen: list[str] = []
 
-    async def hook(request: Any, asked: str) -> bool:
+    async def hook(request: Any, asked: str, scope: str) -> bool:
         seen.append(asked)
+        assert scope == "read"
         return request.headers.get("x-user") == "alice"
 
     streams = StreamEndpoints(web_settings, auth=hook)
