@@ -169,6 +169,18 @@ def child_sigkill(store: Store) -> list[Figure]:
                    f"producer_timeout 30 s; {kind} when cancelled after")]
 
 
+def child_sigkill_no_requeue(store: Store) -> list[Figure]:
+    with workers(store.url, WORKER_REJECT_ON_WORKER_LOST="false") as [worker]:
+        run_id = long_run(worker)
+        os.kill(worker.runs.task_state(run_id)[1]["worker_pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        kind, at = stored_ending(worker.runs.client, run_id)
+        last = worker.runs.client.xrevrange(f"sse:run:{run_id}", count=1)
+    by = "the main process" if last and "process running the run was lost" in str(last) \
+        else "a sweep or reader"
+    return [Figure("child SIGKILL, requeue off", kind, at - killed, f"written by {by}")]
+
+
 def whole_worker_sigkill(store: Store) -> list[Figure]:
     figures = []
     with workers(store.url, count=2) as [watcher, victim]:
@@ -308,7 +320,8 @@ def _kind(events: list[Any]) -> str:
 
 
 SCENARIOS: dict[str, Callable[[Store], list[Figure]]] = {
-    "child_sigkill": child_sigkill, "whole_worker_sigkill": whole_worker_sigkill,
+    "child_sigkill": child_sigkill, "child_sigkill_no_requeue": child_sigkill_no_requeue,
+    "whole_worker_sigkill": whole_worker_sigkill,
     "store_restart": store_restart, "worker_store_cut": worker_store_cut,
     "app_store_cut": app_store_cut, "stranded": stranded, "time_limits": time_limits,
     "cancel": cancel,

@@ -5,13 +5,19 @@
 
 Routes:
 
-- ``GET /``: a page that starts a run and renders it live with ``EventSource``; it also sets
-  the page session's cookie (a ``create`` token, ``HttpOnly``, ``SameSite=Strict``);
+- ``GET /``: a page that starts runs and renders them live with ``EventSource``, surviving
+  reloads (``?run=<id>`` in its URL, its text and cursor in session storage); it also sets the
+  page session's cookie (a ``create`` token, ``HttpOnly``, ``SameSite=Strict``);
 - ``POST /runs``: queue a ``demo`` run (body ``{"text", "rate", "chunk_size"}``, all optional)
   through the tasks API. The params are checked against the generator's schema first (400
   naming the field), then the ``create`` access (by default the page session's token, from
   the cookie or ``Authorization: Bearer``); 201 with its id, a read token, a cancel token and
   the URLs that take them, and the read token as a cookie scoped to the run's path;
+- ``GET /runs``: the runs this app started lately (newest first, at most ``?limit=`` 20), each
+  with its state, last seq id, attempt, ending and the chunk total the demo will write, and
+  ``flower_url`` (``FLOWER_URL``) for links to each run's task in Flower. It needs the
+  ``create`` access (a page session) and lists no tokens: a page reads only the runs it
+  started. The list is the app's, not a user's: key it by your user for per-user lists;
 - ``POST /runs/{run_id}/cancel``: ask the run to stop (needs a token with the cancel scope);
 - the routes of ``streaming.web``: ``GET|POST /runs/{run_id}/stream``,
   ``GET /runs/{run_id}/status``, ``POST /runs/{run_id}/token``;
@@ -30,6 +36,7 @@ import collections
 import contextlib
 import logging
 import math
+import os
 import secrets
 import time
 from collections.abc import Mapping
@@ -55,6 +62,7 @@ from streaming.web import (
     install_log_redaction,
     request_token,
 )
+from streaming.wire import RunKeys
 from tasks.schemas import ParamsSchemas
 
 __all__ = ["DEMO_TEXT", "Launcher", "create_app"]
@@ -69,6 +77,9 @@ DEMO_TEXT = (
     "right after it, so nothing is lost and nothing is repeated."
 )
 _REFUSED = (InvalidInput, AccessDenied, Unavailable)
+#: The runs this app started (a sorted set, score: start time) and their chunk totals (a hash),
+#: both capped at RECENT runs.
+RECENT_KEY, TOTALS_KEY, RECENT = "examples:app:runs", "examples:app:totals", 100
 
 
 class Launcher(Protocol):
@@ -81,22 +92,27 @@ class Launcher(Protocol):
 
 def create_app(settings: Settings | None = None, *, launcher: Launcher | None = None,
                retry_ms: int = 1000, auth: AuthHook | None = None,
-               schemas: ParamsSchemas | None = None, runs_per_minute: int = 20) -> Starlette:
+               schemas: ParamsSchemas | None = None, runs_per_minute: int = 20,
+               flower_url: str | None = None) -> Starlette:
     """The app; ``launcher`` defaults to the Celery tasks API built from the environment,
     ``auth`` to tokens (see the module), ``schemas`` to the built-in generators' params.
     ``runs_per_minute`` bounds the runs one client (its page session, else its address) may
-    start, per web process (429 past it)."""
+    start, per web process (429 past it). ``flower_url`` (default ``FLOWER_URL``; unset: no
+    links) is where the page links each run's task."""
     _log_runs()
     settings = _with_secret(settings or Settings.from_env())
     streams = StreamEndpoints(settings, retry_ms=retry_ms, auth=auth)
+    if flower_url is None:
+        flower_url = os.environ.get("FLOWER_URL", "")
     runs = _Runs(streams, launcher or _celery_launcher(), schemas or ParamsSchemas.load(),
-                 RateLimit(runs_per_minute, 60.0))
+                 RateLimit(runs_per_minute, 60.0), flower_url.rstrip("/"))
     install_log_redaction()
     app = Starlette(
         routes=[
             Route("/", runs.index),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
             Route("/runs", runs.create, methods=["POST"], name="create_run"),
+            Route("/runs", runs.recent, methods=["GET"], name="recent_runs"),
             Route("/runs/{run_id}/cancel", runs.cancel, methods=["POST"], name="cancel_run"),
             *streams.routes,
             *ops_routes(streams),
@@ -131,14 +147,15 @@ class RateLimit:
 
 
 class _Runs:
-    """The app's own run routes: the page, create and cancel."""
+    """The app's own run routes: the page, create, list and cancel."""
 
     def __init__(self, streams: StreamEndpoints, launcher: Launcher,
-                 schemas: ParamsSchemas, limit: RateLimit) -> None:
+                 schemas: ParamsSchemas, limit: RateLimit, flower_url: str = "") -> None:
         self.streams = streams
         self.launcher = launcher
         self.schemas = schemas
         self.limit = limit
+        self.flower_url = flower_url
 
     async def index(self, request: Request) -> Response:
         page = FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
@@ -160,7 +177,49 @@ class _Runs:
                                               errors=_launch_errors())
         except _REFUSED as exc:
             return error_response(exc)
+        try:  # the run is started: a list that misses it must not lose its tokens
+            await self.streams.store(self._remember(run_id, params))
+        except Unavailable as exc:
+            logger.warning("run %s started but not listed: %s", run_id, exc)
         return self._created(request, run_id)
+
+    async def recent(self, request: Request) -> Response:
+        limit = request.query_params.get("limit", "20")
+        try:
+            if not limit.isdigit() or not 1 <= int(limit) <= RECENT:
+                raise InvalidInput(f"limit must be 1..{RECENT}, got {limit[:20]!r}")
+            await self.streams.authorize(request, None, "create")
+            runs = await self.streams.store(self._recent(int(limit)))
+        except _REFUSED as exc:
+            return error_response(exc)
+        body = {"runs": runs, "flower_url": self.flower_url or None}
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    async def _recent(self, limit: int) -> list[dict[str, Any]]:
+        hub = await self.streams.start()
+        run_ids = [str(r) for r in await hub.client.zrevrange(RECENT_KEY, 0, limit - 1)]
+        if not run_ids:
+            return []
+        totals = await hub.client.hmget(TOTALS_KEY, run_ids)
+        cluster = self.streams.settings.cluster_hash_tags
+        statuses = await hub.statuses([RunKeys.for_run(r, hash_tag=cluster) for r in run_ids])
+        return [{"run_id": run_id, "state": status.state, "last_seq": status.last_seq,
+                 "attempt": status.attempt, "terminal": status.ending or None,
+                 "total": int(total) if total else None}
+                for run_id, total, status in zip(run_ids, totals, statuses, strict=True)]
+
+    async def _remember(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Add the run to the recent list, forgetting the oldest past ``RECENT``."""
+        total = math.ceil(len(params.get("text", DEMO_TEXT)) / params.get("chunk_size", 8))
+        client = (await self.streams.start()).client
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.zadd(RECENT_KEY, {run_id: time.time()})
+            pipe.hset(TOTALS_KEY, run_id, total)
+            pipe.zrange(RECENT_KEY, 0, -RECENT - 1)
+            old = (await pipe.execute())[-1]
+        if old:
+            await client.zrem(RECENT_KEY, *old)
+            await client.hdel(TOTALS_KEY, *old)
 
     def _client(self, request: Request) -> str:
         """Who is starting runs: the page session of the create token, else the address."""

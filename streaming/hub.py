@@ -272,6 +272,8 @@ class HubReader:
     def __init__(self, hub: ReaderHub, cursor: RunCursor) -> None:
         self.hub = hub
         self.cursor = cursor
+        #: The run's status when the reader opened (its ``last_seq`` ends the stored history).
+        self.status: RunStatus | None = None
         self._start: list[Event] | None = None
         self._check_in: float | None = None
         #: The run's attempt when it was opened (for log lines), None before.
@@ -299,7 +301,7 @@ class HubReader:
         """
         if self._start is None:
             cursor = self.cursor
-            status = (await self.hub.statuses([cursor.keys]))[0]
+            self.status = status = (await self.hub.statuses([cursor.keys]))[0]
             self.attempt = status.attempt
             self._start = cursor.check_start(status)
             self._check_in = cursor.next_check(status, self.hub.settings.liveness_interval)

@@ -7,8 +7,9 @@
 - ``GET /metrics``: Prometheus metrics (``streaming.metrics``; 501 without the ``metrics``
   extra). In multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``) every process's, added up.
 - ``GET /livez``: 200 while the process answers (its event loop is not stuck).
-- ``GET /readyz``: 200 when the stream store answers a ``PING`` within ``timeout`` s and the
-  process's reader hub runs its shared reads; else 503. The body names each check's result.
+- ``GET /readyz``: 200 when the stream store answers a ``PING`` within
+  ``settings.request_timeout`` and the process's reader hub runs its shared reads; else 503
+  with ``Retry-After``. The body names each check's result.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from . import metrics
-from .client import TRANSIENT
+from .errors import Unavailable
 from .web import NO_STORE, StreamEndpoints
 
 __all__ = ["Probes", "ops_routes"]
@@ -29,9 +30,8 @@ __all__ = ["Probes", "ops_routes"]
 class Probes:
     """The handlers of the operational routes of ``streams``' process."""
 
-    def __init__(self, streams: StreamEndpoints, *, timeout: float = 2.0) -> None:
+    def __init__(self, streams: StreamEndpoints) -> None:
         self.streams = streams
-        self.timeout = timeout
 
     async def metrics(self, request: Request) -> Response:
         if not metrics.available():
@@ -46,15 +46,15 @@ class Probes:
     async def ready(self, request: Request) -> Response:
         checks = {"store": await self._store(), "hub": await self._hub()}
         ready = all(result == "ok" for result in checks.values())
-        return JSONResponse({"ready": ready, "checks": checks}, 200 if ready else 503, NO_STORE)
+        headers = NO_STORE if ready else {
+            **NO_STORE, "Retry-After": str(self.streams.settings.retry_after)}
+        return JSONResponse({"ready": ready, "checks": checks}, 200 if ready else 503, headers)
 
     async def _store(self) -> str:
         try:
             hub = await self.streams.start()
-            await asyncio.wait_for(hub.client.ping(), self.timeout)
-        except TimeoutError:
-            return f"no answer within {self.timeout:g} s"
-        except TRANSIENT as exc:
+            await self.streams.store(hub.client.ping())  # bounded by settings.request_timeout
+        except Unavailable as exc:
             return f"unreachable: {exc}"
         return "ok"
 
@@ -65,9 +65,9 @@ class Probes:
         return "ok" if hub.alive else "its shared reads stopped"
 
 
-def ops_routes(streams: StreamEndpoints, *, timeout: float = 2.0) -> list[BaseRoute]:
+def ops_routes(streams: StreamEndpoints) -> list[BaseRoute]:
     """``/metrics``, ``/livez`` and ``/readyz`` for ``streams``' process (mount them at /)."""
-    probes = Probes(streams, timeout=timeout)
+    probes = Probes(streams)
     return [
         Route("/metrics", probes.metrics, methods=["GET"], name="metrics"),
         Route("/livez", probes.live, methods=["GET"], name="livez"),

@@ -11,8 +11,13 @@ Routes, relative to where they are mounted:
   Every stored event carries ``id: <seq>``; ``: ping`` comments fill every
   ``settings.ping_interval`` s of silence; the response ends after the run's terminal event.
   A cursor that already has the terminal event gets 204 (``EventSource`` stops on it).
-- ``POST /runs/{run_id}/stream``: the same, with the seed's JSON body ``{"starting_after": N,
-  "include_pings": bool}`` (its ``poll_interval`` and ``batch_size`` are accepted, unused).
+- ``POST /runs/{run_id}/stream``: the seed's and Letta's resume route, JSON body
+  ``{"starting_after": N, "include_pings": bool}`` (``poll_interval`` and ``batch_size`` are
+  accepted, unused), answered in Letta's protocol (``streaming.letta``) so Letta's SDKs read
+  it; a run that does not exist gets 404 there, as from Letta's server.
+- ``GET /runs/{run_id}/ui-stream``: the same events in the Vercel AI SDK's UI message stream
+  protocol (``streaming.aisdk``), for ``useChat``'s reconnect; same cursors, 204, and 404 for a
+  run that does not exist.
 - ``GET /runs/{run_id}/status``: ``{"run_id", "state", "last_seq", "attempt", "terminal"}``.
 - ``POST /runs/{run_id}/token`` (with the default token auth): a fresh token with the scopes
   of the one presented, for clients whose session outlives ``settings.token_ttl``.
@@ -62,6 +67,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from . import metrics as _metrics
+from .aisdk import ui_message_response
 from .client import TRANSIENT
 from .control import arun_status
 from .errors import (
@@ -76,6 +82,7 @@ from .errors import (
     Unavailable,
 )
 from .hub import HubReader, ReaderHub
+from .letta import letta_response
 from .logs import run_extra
 from .settings import Settings
 from .sse import sse_frames
@@ -114,6 +121,10 @@ SESSION_COOKIE = "streaming_session"
 #: own retries), or refusing a command. Each becomes a 503, never a 500.
 _STORE_ERRORS: tuple[type[Exception], ...] = (*TRANSIENT, AskError, RedisError)
 _Cursor = tuple[str, object]  # (where the cursor came from, its raw value)
+#: The response of an opened reader in another protocol: (reader, ping interval, the guard
+#: its frames go through) -> response (``streaming.letta``, ``streaming.aisdk``).
+_Guard = Callable[[HubReader, AsyncIterator[str]], AsyncIterator[bytes]]
+Framing = Callable[[HubReader, float | None, _Guard], Awaitable[Response]]
 
 
 class TokenAuth:
@@ -186,6 +197,8 @@ class StreamEndpoints:
                   methods=["GET"], name="run_stream"),
             Route("/runs/{run_id}/stream", _metrics.counted("stream", self.resume),
                   methods=["POST"], name="run_stream_resume"),
+            Route("/runs/{run_id}/ui-stream", _metrics.counted("ui-stream", self.ui_stream),
+                  methods=["GET"], name="run_ui_stream"),
             Route("/runs/{run_id}/status", _metrics.counted("status", self.status),
                   methods=["GET"], name="run_status"),
         ]
@@ -299,6 +312,18 @@ class StreamEndpoints:
         except (InvalidInput, AccessDenied, Unavailable) as exc:
             return error_response(exc)
 
+    async def ui_stream(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        try:
+            validate_run_id(run_id)
+            source, raw = _query_cursor(request)
+            cursor = _cursor_of(source, raw)
+            await self.authorize(request, run_id)
+            return await self._serve(run_id, source, cursor, pings=True,
+                                     framing=ui_message_response)
+        except (InvalidInput, AccessDenied, Unavailable) as exc:
+            return error_response(exc)
+
     async def resume(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]
         try:
@@ -306,7 +331,8 @@ class StreamEndpoints:
             (source, raw), pings = _body_cursor(request, await self.read_json(request))
             cursor = _cursor_of(source, raw)
             await self.authorize(request, run_id)
-            return await self._serve(run_id, source, cursor, pings=pings)
+            return await self._serve(run_id, source, cursor, pings=pings,
+                                     framing=letta_response)
         except (InvalidInput, AccessDenied, Unavailable) as exc:
             return error_response(exc)
 
@@ -344,7 +370,8 @@ class StreamEndpoints:
                 "expires_in": int(ttl)}
         return JSONResponse(body, headers=NO_STORE)
 
-    async def _serve(self, run_id: str, source: str, cursor: int, *, pings: bool) -> Response:
+    async def _serve(self, run_id: str, source: str, cursor: int, *, pings: bool,
+                     framing: Framing | None = None) -> Response:
         reader = (await self.start()).read(run_id, cursor)
         try:
             await self.store(reader.open())
@@ -352,13 +379,16 @@ class StreamEndpoints:
             raise InvalidCursor(f"{source}: {exc}") from exc
         if reader.exhausted:
             return Response(status_code=204, headers=NO_STORE)
-        return EventSourceResponse(self._frames(reader, pings), ping=0, headers=NO_STORE)
-
-    async def _frames(self, reader: HubReader, pings: bool) -> AsyncIterator[bytes]:
         interval = self.settings.ping_interval if pings else None
+        reader = cast(HubReader, _Observed(reader))  # metrics and log lines follow its events
+        if framing is not None:
+            return await framing(reader, interval, self._guard)
+        frames = sse_frames(reader, interval, retry_ms=self.retry_ms)
+        return EventSourceResponse(self._guard(reader, frames), ping=0, headers=NO_STORE)
+
+    async def _guard(self, reader: HubReader, frames: AsyncIterator[str]) -> AsyncIterator[bytes]:
         try:
-            events = _metrics.observe_events(reader.cursor.keys.run_id, _follow_attempt(reader))
-            async for frame in sse_frames(events, interval, retry_ms=self.retry_ms):
+            async for frame in frames:
                 yield frame.encode()
         except (*_STORE_ERRORS, ReaderError) as exc:  # type: ignore[misc]  # a tuple of classes
             # The store is unreachable or the hub closed (shutdown): ending the response
@@ -372,6 +402,21 @@ class StreamEndpoints:
             logger.info("stream of run %s closed at seq %d: %s", reader.cursor.keys.run_id,
                         reader.last_seq, ending,
                         extra=run_extra(reader.cursor.keys.run_id, reader.attempt))
+
+
+class _Observed:
+    """A ``HubReader`` as it is, but its events pass through the web tier's metrics
+    (``streaming.metrics.observe_events``) and its ``attempt`` follows ``restarted`` events."""
+
+    def __init__(self, reader: HubReader) -> None:
+        self._reader = reader
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        run_id = self._reader.cursor.keys.run_id
+        return _metrics.observe_events(run_id, _follow_attempt(self._reader))
 
 
 async def _follow_attempt(reader: HubReader) -> AsyncGenerator[Event, None]:

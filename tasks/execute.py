@@ -2,12 +2,17 @@
 
 How an attempt ends:
 
-- the generator ends: ``done``; a cancel was requested: ``cancelled`` (the task succeeds);
+- the generator ends: ``done``; a cancel was requested: ``cancelled``; the task then ends
+  ``REVOKED`` in the result backend (Celery's state of a cancelled task: ``AsyncResult.get()``
+  raises ``TaskRevokedError``) and ``CANCELLED`` in Flower, never SUCCESS;
 - ``SoftTimeLimitExceeded``: ``timeout``; a refused run (unknown generator, bad params) or a
   generator error: ``error`` with its type and message (the task then fails, so Flower shows
   it); an error its generator lists as transient: the task is retried and the run continues;
 - another live attempt holds the run (a duplicate delivery): nothing is written and the task
   returns quietly; this attempt was fenced off by a newer one: the same;
+- the run was ended by another while this attempt ran (a sweep or a reader stored ``lost``
+  after the worker was cut off from the store past the requeue grace): the attempt stops, its
+  Celery state follows the stored ending and the task ends with ``Ignore``;
 - the run has ended (an earlier attempt finished it, or its queue deadline passed before this
   delivery: a message stranded by a broker or store restart): nothing is written, the task's
   Celery state is made to follow the stored ending (``worker.states``), and the task ends
@@ -89,7 +94,7 @@ def _follow_ending(task: Task, config: WorkerConfig, run_id: str) -> None:
     """Give the task the Celery state of the run's stored ending (unless it has a final one)."""
     try:
         follow_ending(task.app, task.app.redis, config.streaming, run_id, task.request.id)
-    except (OperationalError, redis.RedisError, OSError) as exc:  # the sweep tries again
+    except (OperationalError, redis.RedisError, OSError) as exc:  # best effort: the task ends
         logger.warning("could not set the Celery state of ended run %s: %s", run_id, exc)
 
 
@@ -115,16 +120,24 @@ class Attempt:
 
     def run(self, generator: str, params: object) -> dict[str, Any]:
         try:
-            return self._run(generator, params)
+            summary = self._run(generator, params)
         except FencedError:  # from any write, the ending's included: a newer attempt has it
             logger.warning("run %s was taken over by a newer attempt; this one stops quietly",
                            self.run_writer.run_id)
             self.summary.ending = "fenced"
             return self.summary.as_dict()
+        except RunClosedError:  # a sweep, a reader or the main process stored the ending
+            logger.warning("run %s was ended by another while this attempt ran; its stored "
+                           "ending stands and this attempt stops", self.run_writer.run_id)
+            _follow_ending(self.task, self.config, self.run_writer.run_id)
+            raise Ignore() from None
         except StoreUnavailableError as exc:
             logger.error("run %s stopped: the store stayed unreachable (%s); its ending is "
                          "stored when the store is back", self.run_writer.run_id, exc)
             raise
+        if summary["ending"] == Terminal.CANCELLED:
+            self._revoked(summary)
+        return summary
 
     def _run(self, generator: str, params: object) -> dict[str, Any]:
         if self.run_writer.attempt > self.config.max_attempts:
@@ -138,7 +151,7 @@ class Attempt:
             raise
         try:
             self._stream(spec, parsed)
-        except FencedError:
+        except (FencedError, RunClosedError):
             raise
         except SoftTimeLimitExceeded:
             self._end(Terminal.TIMEOUT, f"the run exceeded its time limit ({self._limit()} s)")
@@ -159,6 +172,7 @@ class Attempt:
         resumed = self.run_writer.resumed_chunks if spec.resumable else 0
         context = RunContext(self.run_writer.run_id, self.run_writer.attempt, self.config,
                              resumed_chunks=resumed)
+        self.summary.total = spec.total(params) if spec.total else None
         logger.info("run %s started: generator %s, after seq %d", self.run_writer.run_id,
                     spec.name, self.run_writer.last_seq)
         chunks = spec.function(params, context)
@@ -208,18 +222,54 @@ class Attempt:
             return ""
 
     def _report(self, force: bool = False) -> None:
-        """Publish progress (Celery state STREAMING, and a Flower event) at most every interval."""
+        """Publish progress (Celery state STREAMING, and a Flower event) at most every interval.
+
+        ``chunks`` (the run's output chunks, those of the attempts this one continues included)
+        and ``last_seq`` are what Redis has stored, read together, so they agree (on a first
+        attempt ``chunks == last_seq``); ``total`` when the generator knows it.
+        """
         now = time.monotonic()
         if (now < self._next_report and not force) or self.task.request.id is None:
             return
         self._next_report = now + self.config.progress_interval
-        progress = self.summary.progress()
+        stored, last_seq = self.run_writer.stored
+        announced = self.run_writer.sent - self.summary.chunks  # its `restarted` event
+        chunks = self.run_writer.resumed_chunks + max(stored - announced, 0)  # of the whole run
+        progress = self.summary.progress() | {"chunks": chunks, "last_seq": last_seq}
+        # Flower's task list and task view show an event's fields only through known names:
+        # `result` carries the progress, in words, until the task's own result replaces it.
+        self._publish(STREAMING, progress, "task-streaming", progress_text(progress))
+
+    def _revoked(self, summary: dict[str, Any]) -> None:
+        """End the cancelled run's task as REVOKED (``Ignore``: no SUCCESS after it).
+
+        Flower gets a ``task-cancelled`` event, shown as the state CANCELLED with the summary:
+        Celery's event state ranks the custom STREAMING state above REVOKED, so a
+        ``task-revoked`` event would leave the run showing STREAMING for good.
+        """
+        request = self.task.request
+        if request.id is None:  # called directly, not as a task
+            return
+        reason = self.watch.reason() or "cancelled"
         try:
-            self.task.update_state(state=STREAMING, meta=progress)
-            # Flower's task view shows an event's fields only through known names: `result`
-            # carries the progress until the task's own result replaces it.
-            self.task.send_event("task-streaming", retry=False, result=repr(progress),
-                                 **progress)
+            self.task.backend.mark_as_revoked(request.id, reason, request=request)
+        except (OperationalError, redis.RedisError, OSError) as exc:
+            logger.warning("could not store %s as revoked: %s", self.run_writer.run_id, exc)
+        self._publish(None, summary, "task-cancelled", repr(summary))
+        raise Ignore()
+
+    def _publish(self, state: str | None, meta: dict[str, Any], event: str, shown: str) -> None:
+        try:
+            if state is not None:
+                self.task.update_state(state=state, meta=meta)
+            self.task.send_event(event, retry=False, result=shown, **meta)
         except (OperationalError, redis.RedisError, OSError) as exc:
             self._next_report = time.monotonic() + STORE_BACKOFF
             logger.warning("progress report of %s failed: %s", self.run_writer.run_id, exc)
+
+
+def progress_text(progress: dict[str, Any]) -> str:
+    """Progress as Flower's Result column shows it: ``12/49 chunks, last_seq 12, attempt 1``."""
+    total = progress.get("total")
+    chunks = f"{progress['chunks']}/{total}" if total is not None else str(progress["chunks"])
+    return f"{chunks} chunks, last_seq {progress['last_seq']}, attempt {progress['attempt']}"

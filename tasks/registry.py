@@ -72,6 +72,9 @@ class GeneratorSpec:
     #: A later attempt continues after the chunks earlier ones stored (``resumed_chunks``)
     #: instead of starting over.
     resumable: bool = False
+    #: How many chunks a run with these params will yield, when the generator knows it in
+    #: advance (progress reports show it as the total).
+    total: Callable[[Any], int | None] | None = None
 
     def parse(self, raw: object) -> Params:
         """The run's params as this generator's model; ``InvalidParams`` says what is wrong."""
@@ -100,15 +103,17 @@ class Registry:
 
     def register(
         self, name: str, params: type[Params], *, retry_for: tuple[type[BaseException], ...] = (),
-        resumable: bool = False,
+        resumable: bool = False, total: Callable[[Any], int | None] | None = None,
     ) -> Callable[[GeneratorFunction[Any]], GeneratorFunction[Any]]:
-        """Decorator: make ``function`` runnable as ``name`` (``resumable``: see the module)."""
+        """Decorator: make ``function`` runnable as ``name`` (``resumable``: see the module;
+        ``total``: see ``GeneratorSpec``)."""
 
         def add(function: GeneratorFunction[Any]) -> GeneratorFunction[Any]:
             known = self._specs.get(name)
             if known is not None and known.function is not function:
                 raise ValueError(f"generator {name!r} is already registered")
-            self._specs[name] = GeneratorSpec(name, function, params, retry_for, resumable)
+            self._specs[name] = GeneratorSpec(name, function, params, retry_for, resumable,
+                                              total)
             return function
 
         return add

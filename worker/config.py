@@ -18,7 +18,12 @@ from typing import Any
 from streaming.errors import ConfigurationError
 from streaming.settings import Settings
 
-__all__ = ["WorkerConfig", "celery_settings"]
+__all__ = ["FLOWER_TASKS_COLUMNS", "WorkerConfig", "celery_settings"]
+
+#: Flower's tasks list for stream runs (``celery -A worker flower --tasks_columns=...``, as the
+#: demo and docker-compose.yml start it): the Result column shows a running run's progress
+#: (``12/49 chunks, last_seq 12, attempt 1``) and a finished one's summary.
+FLOWER_TASKS_COLUMNS = "name,uuid,state,result,received,started,runtime,worker"
 
 #: Environment variable of each ``WorkerConfig`` field (besides ``streaming``).
 ENVIRONMENT = {

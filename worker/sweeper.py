@@ -5,9 +5,10 @@ Every ``WORKER_SWEEP_INTERVAL`` seconds a thread of the main process calls
 ``streaming.control.sweep``, which ends each run of the run index that is overdue by stored
 deadlines (queued longer than ``STREAMING_QUEUE_TIMEOUT``; claimed with its lease lapsed longer
 than ``STREAMING_PRODUCER_TIMEOUT``) through the guarded ending script, and returns the runs
-found ended. For each, ``worker.states.follow_ending`` stores the matching Celery state unless
-the task stored a final one. Every worker sweeps; the script makes that safe (one ending per
-run), so the sweep goes on as long as any worker is alive.
+found ended. One interval later (so that a task that ended its own run has stored its final
+state by then), ``worker.states.follow_ending`` stores the matching Celery state for each of
+them unless the task stored a final one. Every worker sweeps; the script makes that safe (one
+ending per run), so the sweep goes on as long as any worker is alive.
 
 It is a bootstep of the app's own worker blueprint, started after the pool (no thread exists
 when prefork forks its children) and stopped, within ``STOP_TIMEOUT``, when the worker stops.
@@ -36,6 +37,9 @@ __all__ = ["STOP_TIMEOUT", "SweepStep", "Sweeper", "connect"]
 logger = logging.getLogger(__name__)
 #: Longest wait for the sweep thread when the worker stops (a round in progress finishes).
 STOP_TIMEOUT = 10.0
+#: Most ended runs one round hands to the next for their Celery state (a bound on memory; a
+#: flood of endings beyond it leaves the rest to their tasks' own states).
+MAX_HELD = 10_000
 
 
 class Sweeper:
@@ -47,6 +51,7 @@ class Sweeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: SyncClient | None = None
+        self._held: list[str] = []
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="run-sweeper", daemon=True)
@@ -60,15 +65,19 @@ class Sweeper:
             self._client.close()
 
     def sweep_once(self) -> list[str]:
-        """One round: end the overdue runs; make Celery state follow every ended run found.
+        """One round: end the overdue runs; make Celery state follow the ended runs the
+        previous round found (a task that ended its run itself stores its own final state
+        within moments: it gets a whole interval to do so before the sweep steps in).
 
-        Returns the run ids the store reported ended.
+        Returns the run ids the store reported ended this round.
         """
         if self._client is None:
             self._client = sync_client(self.settings)
-        ended = list(sweep(self._client, self.settings))
-        for run_id in ended:
+        held, self._held = self._held, []
+        for run_id in held:
             self._follow(run_id)
+        ended = list(sweep(self._client, self.settings))
+        self._held = ended[:MAX_HELD]
         return ended
 
     def _follow(self, run_id: str) -> None:

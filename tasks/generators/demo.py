@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -11,7 +12,7 @@ from pydantic import Field
 
 from ..registry import Params, RunContext, register
 
-__all__ = ["DemoFailure", "DemoParams", "FailParams", "demo", "demo_fail"]
+__all__ = ["DemoFailure", "DemoParams", "FailParams", "demo", "demo_fail", "demo_total"]
 
 
 class DemoParams(Params):
@@ -31,7 +32,12 @@ class DemoFailure(RuntimeError):
     """What ``demo.fail`` raises."""
 
 
-@register("demo", DemoParams, resumable=True)
+def demo_total(params: DemoParams) -> int:
+    """The chunks a ``demo`` run yields (its progress total)."""
+    return math.ceil(len(params.text) / params.chunk_size)
+
+
+@register("demo", DemoParams, resumable=True, total=demo_total)
 async def demo(params: DemoParams, context: RunContext) -> AsyncIterator[dict[str, Any]]:
     """``params.text`` in ``chunk_size`` pieces, ``rate`` a second; each ``{"text", "index"}``.
 

@@ -14,7 +14,7 @@ import yaml
 from worker_procs import ROOT
 
 from tests.conftest import require
-from worker.config import ENVIRONMENT, WorkerConfig
+from worker.config import ENVIRONMENT, FLOWER_TASKS_COLUMNS, WorkerConfig
 
 COMPOSE = ROOT / "docker-compose.yml"
 #: The secrets compose refuses to start without (``.env.example`` lists them).
@@ -41,6 +41,7 @@ def test_the_whole_product_with_health_checks(compose):
     worker = " ".join(services["worker"]["command"])
     assert worker.startswith("celery -A worker worker -P prefork")
     assert " ".join(services["flower"]["command"]).startswith("celery -A worker flower")
+    assert f"--tasks_columns={FLOWER_TASKS_COLUMNS}" in services["flower"]["command"]
     web = " ".join(services["web"]["command"])
     assert web.startswith("uvicorn --factory examples.app:create_app") and "--workers" in web
     for name in ("worker", "flower", "web"):

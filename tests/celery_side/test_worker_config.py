@@ -149,8 +149,10 @@ def test_registry_is_an_allow_list_with_typed_params():
 
 def test_redact_hides_secret_looking_keys_at_any_depth():
     shown = redact({"prompt": "hi", "api_key": "sk", "auth": {"Authorization": "Bearer t"},
+                    "headers": {"Authorization": "Bearer t", "accept": "json"},
                     "items": [{"password": "p", "n": 1}]})
-    assert shown == {"prompt": "hi", "api_key": "***", "auth": {"Authorization": "***"},
+    assert shown == {"prompt": "hi", "api_key": "***", "auth": "***",  # the whole value
+                     "headers": {"Authorization": "***", "accept": "json"},
                      "items": [{"password": "***", "n": 1}]}
 
 

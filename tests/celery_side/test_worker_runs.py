@@ -8,13 +8,15 @@ import time
 import uuid
 
 import pytest
+from celery.exceptions import TaskRevokedError
 from worker_helpers import observed, read_run, stream_settings, texts
 
-from streaming.control import mark_pending, request_cancel
+from streaming.control import end_run, mark_pending, request_cancel
 from streaming.reader import read_events
 from streaming.wire import RunKeys, Terminal
 from streaming.writer import StreamWriter
 from tasks.api import Runs
+from tests.waiting import wait_for
 from worker.config import WorkerConfig
 
 pytestmark = pytest.mark.usefixtures("stream_worker")
@@ -133,7 +135,9 @@ def test_cancel_reaches_an_async_generator_within_a_second(runs, stream_app, rea
     assert events[-1].terminal is Terminal.CANCELLED
     assert ending(events[-1]) == {"cancelled": {"reason": "user pressed stop"}}
     assert seconds < 1.0
-    assert stream_app.AsyncResult(run_id).get(timeout=10)["ending"] == "cancelled"
+    with pytest.raises(TaskRevokedError):  # Celery's state of a cancelled task
+        stream_app.AsyncResult(run_id).get(timeout=10)
+    assert stream_app.AsyncResult(run_id).state == "REVOKED"
 
 
 @pytest.mark.fault
@@ -297,3 +301,23 @@ def test_a_stale_attempt_is_fenced_off_and_ends_quietly(runs, stream_app, reader
         ("message", "from the stale attempt"),
         ("restarted", '{"attempt": 2, "resume": false, "chunks": 0, "last_seq": 1}'),
         ("message", "from the newer attempt"), ("message", "[DONE]")]
+
+
+@pytest.mark.fault
+def test_a_run_ended_by_another_while_its_task_runs_stops_the_task_quietly(
+        runs, stream_app, reader_client, redis_client, worker_config):
+    """A sweep or a reader stored the ending (the worker was cut off past the requeue grace):
+    the task writes nothing more, and its Celery state is the stored ending, not the
+    writer's refusal."""
+    run_id = runs.start("demo", {"text": "q" * 400, "chunk_size": 1, "rate": 20})
+    wait_for(lambda: runs.task_state(run_id)[0] == "STREAMING", 15, "the run streams")
+    ended = end_run(redis_client, run_id, worker_config.streaming, Terminal.LOST,
+                    "ended from outside", when="always")
+    assert ended is Terminal.LOST
+    wait_for(lambda: runs.task_state(run_id)[0] == "FAILURE", 15, "the task's state follows")
+    error = runs.task_state(run_id)[1]
+    assert type(error).__name__ == "RunEnded" and "lost: ended from outside" in str(error)
+    events = read_run(reader_client, run_id, worker_config.streaming)
+    assert events[-1].terminal is Terminal.LOST and "ended from outside" in events[-1].data
+    time.sleep(0.5)
+    assert read_run(reader_client, run_id, worker_config.streaming) == events

@@ -23,6 +23,7 @@ import redis
 from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
+from starlette.routing import Route
 
 from examples.app import create_app
 from streaming.control import mark_pending
@@ -80,10 +81,21 @@ any_text = st.text(max_size=40)
 run_ids = st.one_of(st.sampled_from([DONE, QUEUED, "run-missing"]),
                     st.sampled_from([".", "..", "a" * 129, "", "%2E%2E", "sse:run:x", "a/b"]),
                     any_text)
+
+
+def app_routes() -> list[str]:
+    """``"METHOD /path"`` of every route of the reference app (``{}`` for the run id), read
+    from the app itself: a route added later is fuzzed too."""
+    app = create_app(Settings(redis_url="redis://127.0.0.1:1/0", token_secret=SECRET),
+                     launcher=Recorder())
+    routes = [f"{method} {route.path.replace('{run_id}', '{}')}"
+              for route in app.routes if isinstance(route, Route)
+              for method in sorted((route.methods or set()) - {"HEAD"})]
+    return [*routes, "GET /static/app.js"]
+
+
 #: Every route, four times as likely as a random method and path.
-ROUTES = ["GET /runs/{}/stream", "POST /runs/{}/stream", "GET /runs/{}/status",
-          "POST /runs/{}/token", "POST /runs/{}/cancel", "POST /runs", "GET /",
-          "GET /static/app.js"]
+ROUTES = app_routes()
 METHODS = ["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS"]
 PATHS = [route.split()[1] for route in ROUTES] + ["/static/{}", "/{}", "/runs/{}"]
 json_values = st.recursive(

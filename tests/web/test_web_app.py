@@ -88,3 +88,22 @@ def test_the_page_and_its_script_are_served(app_client: httpx.Client):
     assert '<script src="/static/app.js">' in page.text
     script = app_client.get("/static/app.js")
     assert script.status_code == 200 and "new EventSource(" in script.text
+
+
+def test_recent_runs_list_newest_first_with_state_progress_and_no_tokens(
+        app_client: httpx.Client):
+    first = app_client.post("/runs", json={"rate": 500.0, "chunk_size": 40}).json()
+    follow(app_client, first["stream_url"])  # it has ended
+    second = app_client.post("/runs", json={"rate": 1.0}).json()  # still going
+    listed = app_client.get("/runs", params={"limit": 2})
+    assert listed.status_code == 200
+    body = listed.json()
+    assert [r["run_id"] for r in body["runs"]] == [second["run_id"], first["run_id"]]
+    ended = body["runs"][1]
+    assert (ended["state"], ended["terminal"]) == ("ended", "done")
+    assert ended["total"] == -(-len(DEMO_TEXT) // 40) and ended["last_seq"] == ended["total"] + 1
+    assert body["runs"][0]["terminal"] is None and body["runs"][0]["total"] > 0
+    assert first["token"] not in listed.text and "token" not in listed.text
+    assert app_client.post(second["cancel_url"]).status_code == 202
+    assert app_client.get("/runs", params={"limit": "0"}).status_code == 400
+    assert httpx.get(f"{app_client.base_url}/runs", timeout=10).status_code == 401  # no session
