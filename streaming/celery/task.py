@@ -40,6 +40,7 @@ from celery import Task
 from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
 
+from .. import logs
 from ..control import cancel_reason
 from ..errors import FencedError, RunBusyError, RunCancelled, RunClosedError
 from ..wire import Terminal, validate_run_id
@@ -140,6 +141,12 @@ def execute(task: StreamingTask, body: Callable[[], Any]) -> Any:
     streaming = streaming_of(task.app)
     request = task.request
     run_id = validate_run_id(task.run_id_for(request.id, request.args, request.kwargs))
+    with logs.bind(run_id):  # every line about the run says which (streaming.logs)
+        return _claim_and_run(task, streaming, run_id, body)
+
+
+def _claim_and_run(task: StreamingTask, streaming: Streaming, run_id: str,
+                   body: Callable[[], Any]) -> Any:
     try:
         run = streaming.writer().open(run_id, wait=streaming.settings.lease_ttl * 1.5)
     except RunBusyError:
@@ -148,7 +155,8 @@ def execute(task: StreamingTask, body: Callable[[], Any]) -> Any:
     except RunClosedError:
         logger.info("run %s has already ended; nothing to do", run_id)
         return {"run_id": run_id, "ending": "ended"}
-    return Attempt(task, streaming, run).run(body)
+    with logs.bind(run_id, run.attempt):
+        return Attempt(task, streaming, run).run(body)
 
 
 class Attempt:
