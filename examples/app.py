@@ -78,8 +78,9 @@ DEMO_TEXT = (
 )
 _REFUSED = (InvalidInput, AccessDenied, Unavailable)
 #: The runs this app started (a sorted set, score: start time) and their chunk totals (a hash),
-#: both capped at RECENT runs.
-RECENT_KEY, TOTALS_KEY, RECENT = "examples:app:runs", "examples:app:totals", 100
+#: both capped at RECENT runs; under the project's ``sse:`` prefix, which the web tier's ACL
+#: (``deploy/redis.acl``) grants.
+RECENT_KEY, TOTALS_KEY, RECENT = "sse:app:runs", "sse:app:totals", 100
 
 
 class Launcher(Protocol):

@@ -183,6 +183,7 @@ async def _data_at_cursor(reader: HubReader) -> str | None:
 
 
 def not_found(run_id: str) -> JSONResponse:
-    """404 with the web tier's JSON error."""
-    body = {"error": {"type": "not_found", "message": f"run {run_id} does not exist"}}
+    """404 with the web tier's JSON error, and the run's state as the status route gives it."""
+    body = {"error": {"type": "not_found", "message": f"run {run_id} does not exist"},
+            "run_id": run_id, "state": "missing"}
     return JSONResponse(body, 404, NO_STORE)

@@ -3,13 +3,15 @@
     RunRefused
     ├── UnknownGenerator: the message names no registered generator
     ├── InvalidParams: params that are not a JSON object or do not fit the generator
-    ├── GeneratorUnavailable: this worker lacks what the generator needs (e.g. an API key)
-    └── UnsupportedChunk: the generator yielded something that is not text, JSON or an Event
+    └── GeneratorUnavailable: this worker lacks what the generator needs (e.g. an API key)
 
-Each ends the run with an ``error`` entry whose ``type`` is the class name.
+Each ends the run with an ``error`` entry whose ``type`` is the class name, as does
+``UnsupportedChunk`` (``streaming.errors``): a yield that is not text, JSON or an Event.
 """
 
 from __future__ import annotations
+
+from streaming.errors import UnsupportedChunk
 
 __all__ = [
     "GeneratorUnavailable", "InvalidParams", "RunRefused", "UnknownGenerator", "UnsupportedChunk",
@@ -30,7 +32,3 @@ class InvalidParams(RunRefused):
 
 class GeneratorUnavailable(RunRefused):
     """The generator cannot run on this worker: its configuration is missing."""
-
-
-class UnsupportedChunk(RunRefused):
-    """A generator yielded a value that has no SSE framing."""

@@ -191,6 +191,7 @@ def test_bad_arguments_to_the_guarded_ending_are_refused(client, settings, run_i
 
 @pytest.mark.fault
 def test_a_queued_run_never_claimed_gets_a_stored_timeout(writer, client, settings, run_id):
+    """Issue 10, finding 1: a queued run whose task never starts waited forever."""
     quick = settings.replace(queue_timeout=1.5, liveness_interval=30, block_timeout=30)
     mark_pending(client, run_id, quick)
     started = time.monotonic()
@@ -218,7 +219,8 @@ def test_a_killed_producer_gets_a_stored_lost_that_every_reader_sees(producer, c
 
 @pytest.mark.fault
 def test_a_stalled_producer_that_comes_back_writes_nothing(producer, client, settings, run_id):
-    """The reader's ending equals the stored one, and the late writer is refused."""
+    """Issue 10, finding 3: a reader was told ``lost``, then the late attempt stored ``done``.
+    Now the reader's ending equals the stored one, and the late writer is refused."""
     proc = producer()
     proc.stop()  # a long pause (GC, a cut network): its lease lapses, the grace passes
     events = list(read_events(client, run_id, settings))
@@ -254,6 +256,8 @@ async def holding_reader(hub, run_id):
 @pytest.mark.fault
 async def test_a_reader_reconnecting_often_learns_lost_as_soon_as_a_holding_one(
         producer, settings, run_id):
+    """Issue 10, finding 2: a reader's private idle clock restarted with every reconnect, so a
+    reader reconnecting often never learned that the producer died."""
     slow_checks = settings.replace(liveness_interval=30, block_timeout=30)
     proc = await asyncio.to_thread(producer)
     async with ReaderHub(slow_checks) as hub:

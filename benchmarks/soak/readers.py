@@ -161,7 +161,7 @@ async def _connect(client: httpx.AsyncClient, run_id: str, token: str, log: Read
                              timeout=timeout) as response:
         log.statuses[response.status_code] += 1
         if response.status_code == 200:
-            await _events(response, log)
+            await _events(response, log, LettaDecoder() if form == "post_body" else None)
         elif response.status_code == 204:
             log.anomalies.append(f"204 (ended) at cursor {cursor} before any ending")
         elif response.status_code not in (502, 503):
@@ -169,7 +169,8 @@ async def _connect(client: httpx.AsyncClient, run_id: str, token: str, log: Read
             log.anomalies.append(f"HTTP {response.status_code} at cursor {cursor}: {body}")
 
 
-async def _events(response: httpx.Response, log: ReaderLog) -> None:
+async def _events(response: httpx.Response, log: ReaderLog,
+                  letta: LettaDecoder | None) -> None:
     fields: dict[str, list[str]] = {}
     async for line in response.aiter_lines():
         line = line.rstrip("\r\n")
@@ -180,18 +181,75 @@ async def _events(response: httpx.Response, log: ReaderLog) -> None:
             fields.setdefault(name, []).append(value.removeprefix(" "))
             continue
         if "data" in fields or "event" in fields:
-            _take(log, fields)
+            if letta is not None:
+                letta.take(log, fields)
+            else:
+                _take(log, fields)
             if log.ending is not None:
                 return
         fields = {}
 
 
+class LettaDecoder:
+    """Our events back from Letta's protocol, which the POST resume route answers in
+    (``streaming.letta``): chunks are ``assistant_message`` objects carrying the chunk's own
+    fields, named events are messages named by ``message_type``, pings are messages without
+    ``id:``, and an ending is a ``stop_reason`` (and for a failure an ``error_message`` event)
+    before ``id: <seq>`` ``[DONE]``."""
+
+    #: What the protocol adds to a stored chunk's JSON fields.
+    ADDED = ("message_type", "id", "date", "content", "seq_id", "run_id")
+
+    def __init__(self) -> None:
+        self.kind: str | None = None
+
+    def take(self, log: ReaderLog, fields: dict[str, list[str]]) -> None:
+        seq = _seq(fields)
+        event = fields.get("event", ["message"])[-1]
+        data = "\n".join(fields.get("data", []))
+        if data == "[DONE]":
+            now = time.time()
+            log.events.append(Received(seq, "message", data, now))
+            log.ending, log.ending_seq, log.ended_at = self.kind or "done", seq, now
+            return
+        try:
+            message = json.loads(data)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            log.anomalies.append(f"Letta frame that is not a JSON object: {data[:100]!r}")
+            return
+        self._message(log, seq, event, message)
+
+    def _message(self, log: ReaderLog, seq: int | None, event: str,
+                 message: dict[str, Any]) -> None:
+        kind = message.get("message_type")
+        if kind == "ping":
+            return
+        if kind == "stop_reason":
+            self.kind = {"end_turn": "done", "cancelled": "cancelled"}.get(
+                str(message.get("stop_reason")), self.kind or "error")
+        elif event == "error" or kind == "error_message":
+            self.kind = str(message.get("error_type") or "error")
+        elif kind == "assistant_message":
+            own = {k: v for k, v in message.items() if k not in self.ADDED}
+            log.events.append(Received(seq, "message", json.dumps(own), time.time()))
+        else:
+            own = {k: v for k, v in message.items()
+                   if k not in ("message_type", "seq_id", "run_id")}
+            log.events.append(Received(seq, str(kind), json.dumps(own), time.time()))
+
+
+def _seq(fields: dict[str, list[str]]) -> int | None:
+    raw = fields.get("id", [None])[-1]
+    try:
+        return None if raw is None else int(raw)
+    except ValueError:
+        return None
+
+
 def _take(log: ReaderLog, fields: dict[str, list[str]]) -> None:
-    raw_id = fields.get("id", [None])[-1]
-    seq = None
-    if raw_id is not None:
-        with contextlib.suppress(ValueError):
-            seq = int(raw_id)
+    seq = _seq(fields)
     event = fields.get("event", ["message"])[-1]
     data = "\n".join(fields.get("data", []))
     now = time.time()

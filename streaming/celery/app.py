@@ -42,11 +42,19 @@ class StreamingOptions:
     cancel_check_interval: float = 0.2
     #: Put a failing task's traceback into the run's error ending (clients see it).
     send_tracebacks: bool = False
+    #: How often each worker's main process sweeps the run index: it stores the endings of
+    #: overdue runs (queued too long, or claimed and abandoned) and makes their Celery state
+    #: follow every ending it finds.
+    sweep_interval: float = 5.0
+    #: Store ``{"text": "..."}`` yields that wait in the writer's buffer together as one event
+    #: with their texts joined (``RunWriter.send_text``): a token-by-token answer then takes a
+    #: fraction of the store's memory. Off by default: each yield stays its own event.
+    merge_text_deltas: bool = False
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        for name in ("progress_interval", "cancel_check_interval"):
+        for name in ("progress_interval", "cancel_check_interval", "sweep_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -111,11 +119,13 @@ def install(app: Celery, settings: Settings | None = None, *,
     """Add the streaming worker side to ``app`` and return it (again: the same object).
 
     ``settings`` default to ``Settings.from_env()`` (``REDIS_URL``, ``STREAMING_*``). The
-    worker side is a bootstep of this app only: each worker process gets its writer, the
-    main process writes the endings of runs whose process died, was killed or revoked. Other
+    worker side is two bootsteps of this app only: each worker process gets its writer, the
+    main process writes the endings of runs whose process died, was killed or revoked, and
+    sweeps the run index (overdue runs get their stored ending, Celery state follows). Other
     apps in the process and this app's other tasks are left as they are.
     """
-    from .lifecycle import WorkerStep  # the bootstep needs this module's Streaming
+    from .lifecycle import WorkerStep  # the bootsteps need this module's Streaming
+    from .sweep import SweepStep
 
     with _lock:
         known = _installed.get(app)
@@ -125,6 +135,7 @@ def install(app: Celery, settings: Settings | None = None, *,
                               options or StreamingOptions())
         _installed[app] = streaming
         app.steps["worker"].add(WorkerStep)
+        app.steps["worker"].add(SweepStep)
         return streaming
 
 

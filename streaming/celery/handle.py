@@ -26,6 +26,8 @@ class Summary:
     bytes: int = 0
     ending: str = ""
     last_seq: int = 0
+    #: The chunks the task will send, when it says (``RunHandle.total``).
+    total: int | None = None
     started: float = field(default_factory=time.monotonic)
 
     def add(self, data: str, last_seq: int) -> None:
@@ -35,12 +37,15 @@ class Summary:
 
     def progress(self) -> dict[str, Any]:
         """What Flower shows while the run streams (the task's ``STREAMING`` state)."""
-        return {"run_id": self.run_id, "attempt": self.attempt, "chunks": self.chunks,
-                "last_seq": self.last_seq, "worker_pid": os.getpid()}
+        shown = {"run_id": self.run_id, "attempt": self.attempt, "chunks": self.chunks,
+                 "last_seq": self.last_seq, "worker_pid": os.getpid()}
+        return shown if self.total is None else shown | {"total": self.total}
 
     def as_dict(self) -> dict[str, Any]:
+        """The summary; the ending first, so that a truncated view (Flower's list) shows it."""
         seconds = round(time.monotonic() - self.started, 3)
-        return self.progress() | {"bytes": self.bytes, "seconds": seconds, "ending": self.ending}
+        return {"ending": self.ending, "chunks": self.chunks, "last_seq": self.last_seq,
+                "seconds": seconds, "bytes": self.bytes} | self.progress()
 
 
 class RunHandle:
@@ -52,8 +57,9 @@ class RunHandle:
     """
 
     def __init__(self, run: RunWriter, watch: CancelWatch,
-                 report: Callable[[Summary], None]) -> None:
+                 report: Callable[[Summary], None], *, merge_text: bool = False) -> None:
         self._run = run
+        self._merge_text = merge_text
         self._watch = watch
         self._report = report
         self.summary = Summary(run.run_id, run.attempt)
@@ -72,11 +78,20 @@ class RunHandle:
     def resumed_chunks(self) -> int:
         """Output chunks earlier attempts stored that this one may continue after (0: start
         over). Only a task that continues exactly may skip them; others start over."""
-        return int(getattr(self._run, "resumed_chunks", 0))
+        return self._run.resumed_chunks
 
     @property
     def last_seq(self) -> int:
         return self._run.last_seq
+
+    @property
+    def total(self) -> int | None:
+        """How many chunks the run will have, if the task says (progress shows ``n/total``)."""
+        return self.summary.total
+
+    @total.setter
+    def total(self, value: int | None) -> None:
+        self.summary.total = value
 
     def cancel_reason(self) -> str:
         """The reason given for a cancel request; '' while none was made."""
@@ -86,9 +101,17 @@ class RunHandle:
         """Buffer one event (microseconds); then raise ``RunCancelled`` if a cancel was asked
         (the task's next step never runs)."""
         data, event = frame(item)
-        self._run.send(data, event)
+        if self._merge_text and event is None and _text_delta(item):
+            self._run.send_text(item["text"])  # type: ignore[index]  # a dict: checked
+        else:
+            self._run.send(data, event)
         self.summary.add(data, self._run.last_seq)
         self._report(self.summary)
         reason = self._watch.reason()
         if reason:
             raise RunCancelled(reason)
+
+
+def _text_delta(item: object) -> bool:
+    """``{"text": "..."}`` and nothing else: a model's token, which may merge with others."""
+    return isinstance(item, dict) and len(item) == 1 and isinstance(item.get("text"), str)

@@ -165,18 +165,24 @@ def test_run_ids_carry_128_random_bits():
 def test_process_init_starts_the_writer_at_once_with_redis_down_and_shutdown_stops_it():
     code = """if True:
         import time
+        from types import SimpleNamespace
         from celery import signals
+        from streaming.celery.lifecycle import WorkerStep
         from streaming.embedded import free_port
         from worker.config import WorkerConfig
         from worker.factory import create_app
 
         app = create_app(WorkerConfig.from_env({"REDIS_URL": f"redis://127.0.0.1:{free_port()}"}))
+        # What a prefork worker named "w@test" does with the app's bootstep, then in a child.
+        WorkerStep(SimpleNamespace(app=app, hostname="w@test", pool_cls="prefork"))
+        signals.worker_process_init.send(sender="other@test")  # another worker's: not ours
+        assert app.streaming._writer is None
         started = time.monotonic()
-        signals.worker_process_init.send(sender="test")
+        signals.worker_process_init.send(sender="w@test")
         took = time.monotonic() - started
         writer = app.stream_writer()
         assert writer.running and took < 1.0, took
-        signals.worker_process_shutdown.send(sender="test", pid=0, exitcode=0)
+        signals.worker_process_shutdown.send(sender="w@test", pid=0, exitcode=0)
         assert not writer.running
     """
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
@@ -188,8 +194,8 @@ def test_the_sweep_is_a_step_of_this_apps_workers_only():
     global one: another app in the same process starts no sweep."""
     from celery import Celery
 
+    from streaming.celery.sweep import SweepStep
     from worker.factory import create_app
-    from worker.sweeper import SweepStep
 
     ours = create_app(WorkerConfig.from_env({"REDIS_URL": "redis://store/0"}))
     other = Celery("other", set_as_current=False)

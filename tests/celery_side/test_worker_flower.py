@@ -107,6 +107,18 @@ def test_a_cancelled_run_is_cancelled_in_flower_and_revoked_in_celery(flower):
     assert state == "REVOKED"
 
 
+def test_a_terminated_run_is_cancelled_in_flower_too(flower):
+    """revoke(terminate=True) (the grace fallback for a stuck run): Celery's own task-revoked
+    event would leave it STREAMING; the worker's task-cancelled event ends it CANCELLED."""
+    worker, url = flower
+    run_id = worker.runs.start("demo", {"text": "t" * 200, "chunk_size": 1, "rate": 20})
+    task_info(url, run_id, "STREAMING")
+    worker.runs.celery.control.revoke(run_id, terminate=True)
+    info = task_info(url, run_id, "CANCELLED")
+    assert info["result"] == "cancelled: terminated"
+    assert worker.runs.task_state(run_id)[0] == "REVOKED"
+
+
 def test_flower_shows_arguments_without_secrets(flower):
     worker, url = flower
     run_id = worker.runs.start("openai", {"prompt": "hi", "api_key": "sk-very-secret"})

@@ -11,11 +11,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from streaming.celery.handle import RunHandle
+from streaming.celery.runner import CancelWatch, pump
 from streaming.control import mark_pending, request_cancel
 from streaming.settings import Settings
 from streaming.wire import RunKeys
 from streaming.writer import StreamWriter
-from tasks.runner import CancelWatch, Summary, pump
 
 
 @pytest.fixture
@@ -31,7 +32,8 @@ def claimed(writer: StreamWriter, redis_client):
     run = writer.open(run_id)
     meta = RunKeys.for_run(run_id).meta
     watch = CancelWatch(run, lambda: redis_client.hget(meta, "cancel") or "", interval=0.05)
-    return run, watch, Summary(run_id, run.attempt)
+    handle = RunHandle(run, watch, lambda _: None)
+    return handle, watch, handle.summary
 
 
 def test_a_sync_generator_stops_at_its_first_chunk_after_the_request(slow_lease_writer,
@@ -49,7 +51,7 @@ def test_a_sync_generator_stops_at_its_first_chunk_after_the_request(slow_lease_
         finally:
             closed.set()
 
-    pump(run, chunks(), watch, summary, lambda _: None)
+    pump(run, chunks(), poll=0.2)
     assert watch.reason() == "now"
     assert summary.chunks == 3  # chunk 2, yielded after the request, is the last one
     assert closed.is_set()
@@ -70,19 +72,19 @@ def test_a_waiting_async_generator_is_interrupted_and_closed(slow_lease_writer, 
     threading.Timer(0.3, request_cancel,
                     (redis_client, run.run_id, slow_lease_writer.settings, "stop")).start()
     started = time.monotonic()
-    pump(run, chunks(), watch, summary, lambda _: None, poll=0.05)
+    pump(run, chunks(), poll=0.05)
     assert time.monotonic() - started < 2.0
     assert watch.reason() == "stop" and summary.chunks == 1 and closed.is_set()
 
 
 def test_an_async_generator_runs_on_its_own_loop_not_the_writers(slow_lease_writer,
                                                                  redis_client):
-    run, watch, summary = claimed(slow_lease_writer, redis_client)
+    run, _, _ = claimed(slow_lease_writer, redis_client)
     loops = []
 
     async def chunks():
         loops.append(asyncio.get_running_loop())
         yield "one"
 
-    pump(run, chunks(), watch, summary, lambda _: None)
+    pump(run, chunks(), poll=0.2)
     assert loops and loops[0] is not slow_lease_writer._loop and loops[0].is_closed()

@@ -1,14 +1,17 @@
 // Follows one run with the Vercel AI SDK's own chat client, as `useChat({ resume: true })` does.
 //
-//   node aisdk_chat.mjs BASE_URL RUN_ID TOKEN [--max-resumes N]
+//   node aisdk_chat.mjs BASE_URL RUN_ID TOKEN [--max-resumes N] [--stop-after N --cancel-url URL]
 //
 // The chat is the `ai` package's AbstractChat (what @ai-sdk/react's useChat wraps) with a
 // plain in-memory state, and DefaultChatTransport whose prepareReconnectToStreamRequest points
 // its reconnect GET at the run's UI message stream route. The chat id is the run id.
 // `resumeStream()` is what useChat calls on mount with `resume: true`; when the connection is
 // cut mid-stream the fetch fails and the chat is in "error", so the script resumes again, as a
-// page reload would. Prints one JSON object: the chat's messages, its status and error, how
-// many resumes it took, and the types of every protocol part the transport received.
+// page reload would. With --stop-after N it presses stop after N text deltas, as a user would
+// (`chat.stop()`: the AI SDK drops the connection), then asks the server to stop the run
+// (POST to --cancel-url, the app's cancel endpoint) and resumes once more to see how the run
+// ended. Prints one JSON object: the chat's messages, its status and error, how many resumes
+// it took, and the types of every protocol part the transport received.
 import { AbstractChat, DefaultChatTransport } from "ai";
 
 class MemoryState {
@@ -34,14 +37,17 @@ class RecordingTransport extends DefaultChatTransport {
   constructor(options) {
     super(options);
     this.responses = [];
+    this.onPart = () => {};
   }
   processResponseStream(stream) {
     const parts = [];
     this.responses.push(parts);
+    const transport = this;
     return super.processResponseStream(stream).pipeThrough(new TransformStream({
       transform(chunk, controller) {
         parts.push(chunk.type);
         controller.enqueue(chunk);
+        transport.onPart(chunk);
       },
     }));
   }
@@ -54,8 +60,13 @@ function isCut(error) {
 
 async function main() {
   const [base, runId, token] = process.argv.slice(2);
-  const maxIndex = process.argv.indexOf("--max-resumes");
-  const maxResumes = maxIndex > 0 ? Number(process.argv[maxIndex + 1]) : 200;
+  const option = (name, fallback) => {
+    const index = process.argv.indexOf(name);
+    return index > 0 ? process.argv[index + 1] : fallback;
+  };
+  const maxResumes = Number(option("--max-resumes", 200));
+  const stopAfter = Number(option("--stop-after", 0));
+  const cancelUrl = option("--cancel-url", null);
   const transport = new RecordingTransport({
     api: `${base}/chat`, // sending messages is not used: runs are started elsewhere
     prepareReconnectToStreamRequest: ({ id }) => ({
@@ -64,11 +75,25 @@ async function main() {
   });
   const errors = [];
   const chat = new Chat({ id: runId, transport, onError: (e) => errors.push(String(e)) });
+  let deltas = 0;
+  let stopped = null; // the cancel request, once the user pressed stop
+  transport.onPart = (chunk) => {
+    if (chunk.type === "text-delta") deltas += 1;
+    if (stopAfter && deltas >= stopAfter && !stopped) {
+      chat.stop(); // what useChat's stop does: abort the fetch, nothing reaches the server
+      stopped = fetch(cancelUrl, { method: "POST" }).then((response) => response.status);
+    }
+  };
   let resumes = 0;
   let cuts = 0;
+  let cancelStatus = null;
   for (;;) {
     resumes += 1;
     await chat.resumeStream();
+    if (stopped && cancelStatus === null) {
+      cancelStatus = await stopped; // the run ends on the server: see how, once more
+      continue;
+    }
     const done = chat.status !== "error" || !isCut(chat.error);
     if (done || resumes > maxResumes) break;
     cuts += 1;
@@ -79,6 +104,7 @@ async function main() {
     messages: chat.messages,
     resumes,
     cuts,
+    cancelStatus,
     responses: transport.responses,
     errors,
   };

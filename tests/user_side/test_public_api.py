@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -79,6 +80,16 @@ class Named(StreamingTask):
 named = app.register_task(Named())
 
 
+@app.task(base=StreamingTask, bind=True, name="public.resumes", resumable=True,
+          autoretry_for=(ConnectionError,), retry_kwargs={"countdown": 0}, max_retries=2)
+def resumes(self, n: int):
+    """Continues after the chunks its earlier attempts stored."""
+    for index in range(self.stream.resumed_chunks, n):
+        yield {"i": index, "attempt": self.stream.attempt}
+        if index == 2 and self.stream.attempt == 1:
+            raise ConnectionError("upstream dropped")
+
+
 @pytest.fixture
 def streaming_app() -> Celery:
     return app
@@ -88,7 +99,7 @@ def test_install_changes_no_setting_and_is_idempotent():
     assert streaming.celery.install(app) is streaming.celery.streaming_of(app)
     assert {key: app.conf[key] for key in CONF_BEFORE} == CONF_BEFORE
     assert plain.acks_late is False and words.acks_late is True
-    assert [step.__name__ for step in app.steps["worker"]] == ["WorkerStep"]
+    assert sorted(step.__name__ for step in app.steps["worker"]) == ["SweepStep", "WorkerStep"]
 
 
 def test_a_task_of_an_app_without_install_says_what_to_do():
@@ -170,3 +181,12 @@ def test_a_task_may_take_its_run_id_from_its_arguments(streaming_worker, streami
     assert result.id != run_id
     run = streaming_runs.collect(run_id)
     assert run.data() == ["named"] and run.ending == "done"
+
+
+def test_a_resumable_task_continues_after_the_stored_chunks(streaming_worker, streaming_runs):
+    run = streaming_runs.run("public.resumes", 6)
+    restarted = [json.loads(e.data) for e in run.events if e.event == "restarted"]
+    assert restarted == [{"attempt": 2, "resume": True, "chunks": 3, "last_seq": 3}]
+    assert [item["i"] for item in run.data()] == [0, 1, 2, 3, 4, 5]  # each once
+    assert [item["attempt"] for item in run.data()] == [1, 1, 1, 2, 2, 2]
+    assert run.ending == "done"

@@ -24,11 +24,13 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
+from examples.app import DEMO_TEXT, create_app
 from streaming.settings import Settings
 from streaming.tokens import TokenSigner
 from streaming.web import StreamEndpoints
 from streaming.wire import Terminal
 from streaming.writer import StreamWriter
+from tasks.api import Runs
 from tests.conftest import require
 from tests.web.http_server import ServerThread
 from tests.web.sse_proxy import CuttingProxy
@@ -80,10 +82,11 @@ def wait_for_readers(server: ServerThread, count: int, timeout: float = 60.0) ->
         time.sleep(0.02)
 
 
-def chat(node: str, base_url: str, run_id: str) -> dict[str, Any]:
-    token = TokenSigner(SECRET).issue(run_id, 600)
-    done = subprocess.run([node, str(SCRIPT), base_url, run_id, token], capture_output=True,
-                          text=True, timeout=120, cwd=NODE_DIR)
+def chat(node: str, base_url: str, run_id: str, *args: str,
+         token: str | None = None) -> dict[str, Any]:
+    token = token or TokenSigner(SECRET).issue(run_id, 600)
+    done = subprocess.run([node, str(SCRIPT), base_url, run_id, token, *args],
+                          capture_output=True, text=True, timeout=120, cwd=NODE_DIR)
     assert done.returncode == 0, done.stderr[-3000:]
     result: dict[str, Any] = json.loads(done.stdout)
     return result
@@ -239,3 +242,24 @@ def test_protocol_header_parts_and_done(ui_settings: Settings, writer: StreamWri
         {"type": "finish", "finishReason": "stop"},
     ]
     assert at_end.status_code == 204  # the transport's "no active stream"
+
+
+def test_stop_is_a_disconnect_and_the_cancel_endpoint_ends_the_run(
+        node: str, ui_settings: Settings, celery_runs: Runs):
+    """useChat's stop() only aborts the fetch: the run goes on. The reference app's cancel
+    endpoint (POST /runs/{id}/cancel with the run's cancel token) ends it, and the client's
+    next reconnect ends with the protocol's abort."""
+    app = create_app(ui_settings, launcher=celery_runs)
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+        client.get("/")  # the page session that may start runs
+        run = client.post("/runs", json={"rate": 10}).json()
+        result = chat(node, server.url, run["run_id"], "--stop-after", "5",
+                      "--cancel-url", server.url + run["cancel_url"], token=run["token"])
+        status = client.get(run["status_url"]).json()
+    assert result["cancelStatus"] == 202 and result["status"] == "ready"
+    first, *_, last = result["responses"]
+    assert "abort" not in first and last[-1] == "abort"  # stop itself ended nothing
+    [message] = result["messages"]
+    text = text_of(message)
+    assert 0 < len(text) < len(DEMO_TEXT) and DEMO_TEXT.startswith(text)
+    assert (status["state"], status["terminal"]) == ("ended", "cancelled")

@@ -151,15 +151,16 @@ def test_sdk_reads_plain_chunks_pings_and_a_restart_of_a_live_run(
     first.release()
     settings = letta_settings.replace(ping_interval=0.2)
 
-    def produce() -> None:
-        time.sleep(1.5)  # quiet: the client gets pings meanwhile
+    def produce(server: ServerThread) -> None:
+        wait_for_a_reader(server)
+        time.sleep(1.0)  # five ping intervals of quiet: the client gets pings meanwhile
         second = writer.open(run_id)  # the second attempt: a `restarted` event first
         second.send("plain text")
         second.send(json.dumps({"text": "json text", "index": 0}))
         second.finish()
 
     with served(settings) as server:
-        producer = threading.Thread(target=produce)
+        producer = threading.Thread(target=produce, args=(server,))
         producer.start()
         lines = read_with_sdk(letta_python, server.url, run_id)
         producer.join(10)

@@ -11,9 +11,11 @@ that matches the stored ending for a task whose state is not final yet (``PENDIN
 - ``error``, ``timeout``, ``lost``: ``FAILURE`` with a ``RunEnded`` error whose message is the
   ending's kind and message.
 
-A final state is never replaced: what the task itself stored stays. The task id of a run is its
-run id (``tasks.api.Runs.start``). The matching task event (``task-failed``, ``task-revoked``,
-``task-succeeded``) is sent too: Flower builds its view from events, not from the backend.
+A final state is never replaced: what the task itself stored stays. A run's task is the one
+whose id is the run id (or that names the run: ``StreamingTask.run_id_for``). The matching
+task event (``task-failed``, ``task-succeeded``, and ``task-cancelled`` for REVOKED, which
+Flower shows as ``CANCELLED`` where ``task-revoked`` would leave a streaming run
+``STREAMING``) is sent too: Flower builds its view from events, not from the backend.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from celery import states
 from celery.exceptions import TaskRevokedError
 from celery.result import AsyncResult
 
-from streaming.client import SyncClient
-from streaming.control import run_status
-from streaming.settings import Settings
-from streaming.wire import RunKeys, Terminal, parse_frame
+from ..client import SyncClient
+from ..control import run_status
+from ..settings import Settings
+from ..wire import RunKeys, Terminal, parse_frame
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -51,8 +53,8 @@ def stored_ending(client: SyncClient, run_id: str, settings: Settings
     if status.terminal is None:
         return None
     keys = RunKeys.for_run(run_id, hash_tag=settings.cluster_hash_tags)
-    last = client.xrevrange(keys.stream, count=1)
-    frame = last[0][1].get("data", "") if last else ""  # type: ignore[index]
+    last: Any = client.xrevrange(keys.stream, count=1)
+    frame = str(last[0][1].get("data", "")) if last else ""
     return status.terminal, _message(*parse_frame(frame)), status.last_seq
 
 
@@ -93,7 +95,8 @@ def _announce(app: Celery, task_id: str, state: str, value: Any) -> None:
     if state == states.SUCCESS:
         kind, fields["result"], fields["runtime"] = "task-succeeded", repr(value), 0.0
     elif state == states.REVOKED:
-        kind, fields["terminated"], fields["expired"] = "task-revoked", False, False
+        # Flower: CANCELLED, a custom state that replaces STREAMING (task-revoked would not)
+        kind, fields["result"] = "task-cancelled", f"cancelled: {value}"
     else:
         kind, fields["exception"], fields["traceback"] = "task-failed", repr(value), ""
     with app.events.default_dispatcher() as dispatcher:

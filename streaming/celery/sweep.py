@@ -1,12 +1,12 @@
 """The sweep: every worker's main process writes the endings of overdue runs, and makes Celery's
 state follow every ending, even for runs whose own worker is gone.
 
-Every ``WORKER_SWEEP_INTERVAL`` seconds a thread of the main process calls
+Every ``StreamingOptions.sweep_interval`` seconds a thread of the main process calls
 ``streaming.control.sweep``, which ends each run of the run index that is overdue by stored
 deadlines (queued longer than ``STREAMING_QUEUE_TIMEOUT``; claimed with its lease lapsed longer
 than ``STREAMING_PRODUCER_TIMEOUT``) through the guarded ending script, and returns the runs
 found ended. One interval later (so that a task that ended its own run has stored its final
-state by then), ``worker.states.follow_ending`` stores the matching Celery state for each of
+state by then), ``states.follow_ending`` stores the matching Celery state for each of
 them unless the task stored a final one. Every worker sweeps; the script makes that safe (one
 ending per run), so the sweep goes on as long as any worker is alive.
 
@@ -18,21 +18,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery import bootsteps
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from streaming.client import SyncClient, sync_client
-from streaming.control import sweep
-
+from ..client import SyncClient, sync_client
+from ..control import sweep
+from .app import Streaming, streaming_of
 from .states import follow_ending
 
-if TYPE_CHECKING:
-    from .factory import StreamingCelery
-
-__all__ = ["STOP_TIMEOUT", "SweepStep", "Sweeper", "connect"]
+__all__ = ["STOP_TIMEOUT", "SweepStep", "Sweeper"]
 
 logger = logging.getLogger(__name__)
 #: Longest wait for the sweep thread when the worker stops (a round in progress finishes).
@@ -43,11 +40,12 @@ MAX_HELD = 10_000
 
 
 class Sweeper:
-    """Sweeps the run index every ``app.config.sweep_interval`` s on a daemon thread."""
+    """Sweeps the run index every ``sweep_interval`` s on a daemon thread."""
 
-    def __init__(self, app: StreamingCelery) -> None:
-        self.app = app
-        self.settings = app.config.streaming
+    def __init__(self, streaming: Streaming) -> None:
+        self.app = streaming.app
+        self.settings = streaming.settings
+        self.interval = streaming.options.sweep_interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: SyncClient | None = None
@@ -88,25 +86,20 @@ class Sweeper:
             logger.warning("could not set the Celery state of ended run %s: %s", run_id, exc)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.app.config.sweep_interval):
+        while not self._stop.wait(self.interval):
             try:
                 self.sweep_once()
             except (RedisError, OperationalError, OSError) as exc:
                 logger.warning("run sweep failed (retried in %s s): %s",
-                               self.app.config.sweep_interval, exc)
+                               self.interval, exc)
             except Exception:  # boundary: one bad round must not end the sweeps for good
                 logger.exception("run sweep failed")
 
 
-class SweepStep(bootsteps.StartStopStep):
+class SweepStep(bootsteps.StartStopStep):  # type: ignore[misc]
     """Runs a ``Sweeper`` in the worker's main process while the worker runs."""
 
     requires = ("celery.worker.components:Pool",)
 
     def create(self, parent: Any) -> Sweeper:
-        return Sweeper(parent.app)
-
-
-def connect(app: StreamingCelery) -> None:
-    """Add the sweep to ``app``'s workers (only this app's: another app's workers are untouched)."""
-    app.steps["worker"].add(SweepStep)
+        return Sweeper(streaming_of(parent.app))
