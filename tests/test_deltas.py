@@ -210,3 +210,24 @@ def test_any_mix_of_deltas_and_events_is_stored_in_order_and_read_once(plan, lin
     for cursor in range(0, last, max(last // 5, 1)):
         again = list(read_events(redis_client, run_id, settings, starting_after=cursor))
         assert [e.seq for e in again] == list(range(cursor + 1, last + 1))
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_a_streaming_tasks_text_yields_merge_only_when_its_app_says_so(writer, redis_client,
+                                                                       run_id, merge):
+    """``StreamingOptions.merge_text_deltas`` (on for the ready-made worker): the task's handle
+    sends ``{"text"}`` yields through ``send_text``; off, each yield stays its own event."""
+    from streaming.celery.handle import RunHandle
+    from streaming.celery.runner import CancelWatch
+
+    run = writer.open(run_id)
+    handle = RunHandle(run, CancelWatch(run, lambda: "", 60.0), lambda _: None,
+                       merge_text=merge)
+    for token in TOKENS:
+        handle.send({"text": token})
+    handle.send({"text": "x", "more": 1})  # not a pure delta: its own event either way
+    last = run.finish()
+    entries = stored(redis_client, run_id)
+    assert text_of(entries[:-2]) == "".join(TOKENS)
+    assert json.loads(entries[-2]["data"][6:]) == {"text": "x", "more": 1}
+    assert (last < len(TOKENS) / 2) if merge else (last == len(TOKENS) + 2)
