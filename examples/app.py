@@ -20,7 +20,9 @@ Routes:
   started. The list is the app's, not a user's: key it by your user for per-user lists;
 - ``POST /runs/{run_id}/cancel``: ask the run to stop (needs a token with the cancel scope);
 - the routes of ``streaming.web``: ``GET|POST /runs/{run_id}/stream``,
-  ``GET /runs/{run_id}/status``, ``POST /runs/{run_id}/token``.
+  ``GET /runs/{run_id}/status``, ``POST /runs/{run_id}/token``;
+- the operational routes of ``streaming.ops``: ``GET /metrics`` (Prometheus), ``GET /livez``,
+  ``GET /readyz`` (the store and the reader hub).
 
 Who may start runs is the access hook's decision (``auth`` of ``StreamEndpoints``, asked with
 scope ``create``): the default lets any client that loaded the page start runs, and refuses
@@ -47,7 +49,9 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from streaming import logs
 from streaming.errors import AccessDenied, InvalidInput, Unavailable
+from streaming.ops import ops_routes
 from streaming.settings import Settings
 from streaming.web import (
     SESSION_COOKIE,
@@ -96,6 +100,7 @@ def create_app(settings: Settings | None = None, *, launcher: Launcher | None = 
     ``runs_per_minute`` bounds the runs one client (its page session, else its address) may
     start, per web process (429 past it). ``flower_url`` (default ``FLOWER_URL``; unset: no
     links) is where the page links each run's task."""
+    _log_runs()
     settings = _with_secret(settings or Settings.from_env())
     streams = StreamEndpoints(settings, retry_ms=retry_ms, auth=auth)
     if flower_url is None:
@@ -111,6 +116,7 @@ def create_app(settings: Settings | None = None, *, launcher: Launcher | None = 
             Route("/runs", runs.recent, methods=["GET"], name="recent_runs"),
             Route("/runs/{run_id}/cancel", runs.cancel, methods=["POST"], name="cancel_run"),
             *streams.routes,
+            *ops_routes(streams),
         ],
         lifespan=streams.lifespan,
     )
@@ -272,6 +278,16 @@ def _launch_errors() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover - a launcher without Celery
         return (OSError,)
     return (OSError, OperationalError)
+
+
+def _log_runs() -> None:
+    """When nothing configured logging (a bare uvicorn process): INFO lines on stderr, each
+    line about a run starting with ``run=<id> attempt=<n>`` (``streaming.logs``)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logs.install(root)
 
 
 def _with_secret(settings: Settings) -> Settings:

@@ -5,7 +5,8 @@
 
 It starts a private Redis-compatible server (``streaming.embedded``) unless ``REDIS_URL`` is
 set, a prefork Celery worker (``celery -A worker worker -P prefork -c 2``), Flower and the
-reference web app (``examples.app`` under uvicorn), prints their URLs, then starts a run
+reference web app (``examples.app`` under uvicorn), prints their URLs (the web app's and the
+worker's metrics and health endpoints too), then starts a run
 through the app's HTTP API and follows its event stream in the terminal.
 """
 
@@ -48,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="web app port (default 8000; 0: any free port)")
     parser.add_argument("--flower-port", type=int, default=5555, help="Flower port")
     parser.add_argument("--no-flower", action="store_true", help="do not start Flower")
+    parser.add_argument("--metrics-port", type=int, default=9808,
+                        help="the worker's metrics and health endpoint port")
     parser.add_argument("--rate", type=float, default=20.0, help="chunks per second of the run")
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
     return parser.parse_args(argv)
@@ -104,10 +107,13 @@ def _child_env(redis_url: str) -> dict[str, str]:
 def _start_services(services: Services, args: argparse.Namespace) -> dict[str, str]:
     python = [sys.executable, "-m"]
     app_port = _port(args.port)
+    metrics_port = _port(args.metrics_port)
     services.start("worker", [*python, "celery", "-A", "worker", "worker", "-P", "prefork",
                               "-c", str(args.concurrency), "-l", "info",
-                              "-n", f"demo-{os.getpid()}@%h"])
-    urls = {"app": f"http://127.0.0.1:{app_port}"}
+                              "-n", f"demo-{os.getpid()}@%h"],
+                   env={"WORKER_METRICS_PORT": str(metrics_port)})
+    urls = {"app": f"http://127.0.0.1:{app_port}",
+            "worker": f"http://127.0.0.1:{metrics_port}"}
     if not args.no_flower:
         flower_port = _port(args.flower_port)
         services.start("flower", [*python, "celery", "-A", "worker", "flower",
@@ -120,6 +126,7 @@ def _start_services(services: Services, args: argparse.Namespace) -> dict[str, s
                    env={"FLOWER_URL": urls.get("flower", "")})  # the page links runs to it
     services.wait_for_http("app", urls["app"] + "/", timeout=30)
     services.wait_for_log("worker", " ready.", timeout=60)
+    services.wait_for_http("worker", urls["worker"] + "/healthz", timeout=10, required=False)
     if "flower" in urls:
         services.wait_for_http("flower", urls["flower"] + "/healthcheck", timeout=30,
                                required=False)
@@ -130,6 +137,10 @@ def _print_urls(console: Console, redis_url: str, urls: dict[str, str], logs: Pa
     console.print(f"  [bold]web app[/]  {urls['app']}/   (open it to start runs in a browser)")
     if "flower" in urls:
         console.print(f"  [bold]Flower[/]   {urls['flower']}/")
+    console.print(f"  [bold]metrics[/]  {urls['app']}/metrics (web), {urls['worker']}/metrics "
+                  "(worker; Grafana: examples/grafana/streaming.json)")
+    console.print(f"  [bold]health[/]   {urls['app']}/readyz, {urls['app']}/livez (web), "
+                  f"{urls['worker']}/healthz (worker)")
     console.print(f"  [bold]Redis[/]    {redis_url}")
     console.print(f"  [bold]logs[/]     {logs}/")
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from redis.crc import key_slot
 from redis.exceptions import NoPermissionError, NoScriptError, ReadOnlyError, ResponseError
 
+from . import metrics as _metrics
 from . import scripts
 from .client import TRANSIENT, AsyncClient, SyncClient
 from .cursor import RunStatus
@@ -374,6 +375,7 @@ def sweep(client: SyncClient, settings: Settings, *, batch: int = 500) -> dict[s
                 continue
             if kind is not None:
                 ended[run_id] = kind
+                _metrics.swept(kind.value)
     if ended or gone:
         client.zrem(RUN_INDEX, *ended, *gone)
     return ended
@@ -394,6 +396,7 @@ async def asweep(client: AsyncClient, settings: Settings, *,
                 continue
             if kind is not None:
                 ended[run_id] = kind
+                _metrics.swept(kind.value)
     if ended or gone:
         await client.zrem(RUN_INDEX, *ended, *gone)
     return ended

@@ -30,6 +30,7 @@ from redis.exceptions import ResponseError
 from redis.retry import Retry
 
 from . import cluster, control
+from . import metrics as _metrics
 from .client import TRANSIENT, AsyncClient, async_client
 from .cursor import NOT_A_RUN, Entry, RunCursor, RunStatus, wrong_type, xread_reply
 from .errors import ReaderError, StreamGoneError
@@ -120,6 +121,7 @@ class _Shard(Follower):
                 delay = 0.05
             except _TRANSIENT as exc:
                 logger.warning("reader hub: read failed (%s), retrying in %.2f s", exc, delay)
+                _metrics.store_error("hub")
                 self.client_id = None
                 with contextlib.suppress(*_TRANSIENT):
                     await self.client.aclose()
@@ -232,6 +234,12 @@ class ReaderHub:
             "blocking_reads": sum(s.reads for s in self._shards),
         }
 
+    @property
+    def alive(self) -> bool:
+        """Started, and every shared read's task still running (the readiness check)."""
+        return bool(self._shards) and all(
+            s.task is not None and not s.task.done() and not s.closed for s in self._shards)
+
     def _shard(self, key: str) -> Follower:
         return self._shards[hash(key) % len(self._shards)]
 
@@ -268,6 +276,8 @@ class HubReader:
         self.status: RunStatus | None = None
         self._start: list[Event] | None = None
         self._check_in: float | None = None
+        #: The run's attempt when it was opened (for log lines), None before.
+        self.attempt: int | None = None
 
     @property
     def terminal(self) -> Terminal | None:
@@ -292,6 +302,7 @@ class HubReader:
         if self._start is None:
             cursor = self.cursor
             self.status = status = (await self.hub.statuses([cursor.keys]))[0]
+            self.attempt = status.attempt
             self._start = cursor.check_start(status)
             self._check_in = cursor.next_check(status, self.hub.settings.liveness_interval)
             if cursor.overdue(status):

@@ -98,18 +98,23 @@ end
 
 # KEYS: stream, meta, lease.
 # ARGV: token, lease_ms, ttl, retention, maxlen, first local index, end kind ('' if none),
-#       timestamp ms, notify channel ('' for none), first output index, frame...
+#       timestamp ms, notify channel ('' for none), first output index, weights ('' for
+#       none: "index:weight,..." of frames that hold several merged text deltas), max stream
+#       bytes, frame...
 # Appends the frames the meta hash has not acknowledged yet, so a batch replayed after a
 # lost reply adds nothing twice. Frames from local index ``first output index`` on are output
-# chunks (before it: the ``restarted`` event) and are counted in the meta's ``chunks``, the
-# ending excepted. In a cluster the writer names the run's shard channel (same slot): the new
-# last seq is published there once per call that added entries, which is how readers' hubs
-# learn of them (best effort: readers also poll quiet runs' status).
+# chunks (before it: the ``restarted`` event) and are counted in the meta's ``chunks`` (a
+# merged frame by its weight), the ending excepted. The meta's ``bytes`` sums the frames
+# stored plus 32 per entry; the stream is trimmed to the entries of the run's average size
+# that fit in max stream bytes (and never beyond maxlen entries). In a cluster the writer
+# names the run's shard channel (same slot): the new last seq is published there once per
+# call that added entries, which is how readers' hubs learn of them (best effort: readers
+# also poll quiet runs' status).
 # -> {last seq, acked, cancel}
 APPEND = Script("append", "#!lua\n" + _OWNER_CHECK + _NOW + """
 local acked = tonumber(redis.call('HGET', KEYS[2], 'acked'))
 local first = tonumber(ARGV[6])
-local n = #ARGV - 10
+local n = #ARGV - 12
 local seq = tonumber(redis.call('HGET', KEYS[2], 'seq'))
 local cancel = redis.call('HGET', KEYS[2], 'cancel') or ''
 if first > acked + 1 then
@@ -123,20 +128,32 @@ if redis.call('HEXISTS', KEYS[2], 'end') == 1 then
 end
 local ending = ARGV[7]
 local output = tonumber(ARGV[10])
-local counted = 0
+local weights = {}
+for index, weight in string.gmatch(ARGV[11], '(%d+):(%d+)') do
+  weights[tonumber(index)] = tonumber(weight)
+end
+local maxlen = tonumber(ARGV[5])
+local stored = tonumber(redis.call('HGET', KEYS[2], 'bytes') or '0')
+if stored > 0 and seq > 0 then
+  maxlen = math.min(maxlen, math.max(math.floor(tonumber(ARGV[12]) * seq / stored), 1))
+end
+local counted, added = 0, 0
 for i = acked - first + 2, n do
   seq = seq + 1
+  local data = ARGV[12 + i]
+  added = added + #data + 32
   if i == n and ending ~= '' then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'seq_id', seq,
-      'data', ARGV[10 + i], 'timestamp', ARGV[8], 'complete', 'true')
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '0-' .. seq, 'seq_id', seq,
+      'data', data, 'timestamp', ARGV[8], 'complete', 'true')
   else
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'seq_id', seq,
-      'data', ARGV[10 + i], 'timestamp', ARGV[8])
-    if first + i - 1 >= output then counted = counted + 1 end
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '0-' .. seq, 'seq_id', seq,
+      'data', data, 'timestamp', ARGV[8])
+    if first + i - 1 >= output then counted = counted + (weights[first + i - 1] or 1) end
   end
 end
 acked = first + n - 1
 redis.call('HSET', KEYS[2], 'seq', seq, 'acked', acked)
+redis.call('HINCRBY', KEYS[2], 'bytes', added)
 if counted > 0 then redis.call('HINCRBY', KEYS[2], 'chunks', counted) end
 if ending ~= '' then
   redis.call('HSET', KEYS[2], 'end', ending, 'expires', now)

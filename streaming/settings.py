@@ -15,6 +15,8 @@ __all__ = ["Settings"]
 
 _ENV_PREFIX = "STREAMING_"
 #: A URL scheme that names a Redis Cluster node: ``redis+cluster://``, ``rediss+cluster://``.
+#: Fields where 0 means "off" instead of being refused.
+_ZERO_ALLOWED = frozenset({"delta_linger"})
 CLUSTER_SCHEME = re.compile(r"(rediss?)\+cluster://", re.IGNORECASE)
 
 
@@ -40,9 +42,21 @@ class Settings:
     stream_ttl: int = 3 * 3600
     #: Time to live of a run's keys after its terminal entry.
     retention: int = 3600
-    #: Approximate ``MAXLEN`` of every stream (the seed's value). Readers that fall behind
-    #: the trimmed history get an explicit gap event.
-    max_stream_length: int = 10_000
+    #: Approximate ``MAXLEN`` of every stream, in entries: a safety net. Readers that fall
+    #: behind the trimmed history get an explicit gap event. (The seed's value was 10,000: a
+    #: token-by-token answer was trimmed while it ran.)
+    max_stream_length: int = 1_000_000
+    #: What a run's stream may hold, in bytes (its frames plus 32 per entry), before its oldest
+    #: entries are trimmed: a run is kept whole from seq 1 up to this. The cap follows the
+    #: run's average entry size, so many small deltas get as much room as a few large chunks.
+    max_stream_bytes: int = 64 * 1024 * 1024
+    #: Store text deltas (``RunWriter.send_text``) that wait in the buffer together as one
+    #: entry (``streaming.deltas``). Adds no latency: only deltas that would wait anyway merge.
+    merge_deltas: bool = True
+    #: Opt-in: hold a text delta that follows its run's previous one within this many seconds
+    #: for up to this long, so fast runs merge more (adds up to this much latency to them; a
+    #: delta after a quiet spell is sent at once). 0: off.
+    delta_linger: float = 0.0
     #: Largest accepted chunk, in UTF-8 bytes of its SSE frame.
     max_chunk_bytes: int = 1024 * 1024
     #: Bound on the bytes a writer holds that Redis has not yet acknowledged: each chunk counts
@@ -121,7 +135,8 @@ class Settings:
             object.__setattr__(self, "cluster_hash_tags", True)
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+            if isinstance(value, int | float) and not isinstance(value, bool) and (
+                    value < 0 or (value == 0 and field.name not in _ZERO_ALLOWED)):
                 raise ConfigurationError(f"{field.name} must be positive, got {value!r}")
 
     @classmethod

@@ -51,8 +51,8 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar, cast
 
 from redis.exceptions import AskError, RedisError
 
@@ -66,6 +66,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "streaming.web needs the web extra: pip install 'celery-streaming[web]'"
     ) from exc
 
+from . import metrics as _metrics
 from .aisdk import ui_message_response
 from .client import TRANSIENT
 from .control import arun_status
@@ -82,10 +83,11 @@ from .errors import (
 )
 from .hub import HubReader, ReaderHub
 from .letta import letta_response
+from .logs import run_extra
 from .settings import Settings
 from .sse import sse_frames
 from .tokens import Claims, TokenSigner, atoken_generation
-from .wire import parse_cursor, validate_run_id
+from .wire import Event, parse_cursor, validate_run_id
 
 __all__ = [
     "SESSION_COOKIE",
@@ -191,16 +193,19 @@ class StreamEndpoints:
     def routes(self) -> list[BaseRoute]:
         """The routes to mount (a host app adds its own beside them)."""
         routes: list[BaseRoute] = [
-            Route("/runs/{run_id}/stream", self.stream, methods=["GET"], name="run_stream"),
-            Route("/runs/{run_id}/stream", self.resume, methods=["POST"],
-                  name="run_stream_resume"),
-            Route("/runs/{run_id}/ui-stream", self.ui_stream, methods=["GET"],
-                  name="run_ui_stream"),
-            Route("/runs/{run_id}/status", self.status, methods=["GET"], name="run_status"),
+            Route("/runs/{run_id}/stream", _metrics.counted("stream", self.stream),
+                  methods=["GET"], name="run_stream"),
+            Route("/runs/{run_id}/stream", _metrics.counted("stream", self.resume),
+                  methods=["POST"], name="run_stream_resume"),
+            Route("/runs/{run_id}/ui-stream", _metrics.counted("ui-stream", self.ui_stream),
+                  methods=["GET"], name="run_ui_stream"),
+            Route("/runs/{run_id}/status", _metrics.counted("status", self.status),
+                  methods=["GET"], name="run_status"),
         ]
         if isinstance(self.auth, TokenAuth):
-            routes.append(Route("/runs/{run_id}/token", self.refresh_token, methods=["POST"],
-                                name="run_token"))
+            routes.append(Route("/runs/{run_id}/token",
+                                _metrics.counted("token", self.refresh_token),
+                                methods=["POST"], name="run_token"))
         return routes
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -375,6 +380,7 @@ class StreamEndpoints:
         if reader.exhausted:
             return Response(status_code=204, headers=NO_STORE)
         interval = self.settings.ping_interval if pings else None
+        reader = cast(HubReader, _Observed(reader))  # metrics and log lines follow its events
         if framing is not None:
             return await framing(reader, interval, self._guard)
         frames = sse_frames(reader, interval, retry_ms=self.retry_ms)
@@ -388,7 +394,40 @@ class StreamEndpoints:
             # The store is unreachable or the hub closed (shutdown): ending the response
             # without a terminal event makes the client reconnect, here or to another
             # process, and resume from its last id: nothing is lost or repeated.
-            logger.warning("stream of run %s cut: %s", reader.cursor.keys.run_id, exc)
+            _metrics.store_error("web")
+            logger.warning("stream of run %s cut: %s", reader.cursor.keys.run_id, exc,
+                           extra=run_extra(reader.cursor.keys.run_id, reader.attempt))
+        finally:
+            ending = reader.terminal.value if reader.terminal else "the client left"
+            logger.info("stream of run %s closed at seq %d: %s", reader.cursor.keys.run_id,
+                        reader.last_seq, ending,
+                        extra=run_extra(reader.cursor.keys.run_id, reader.attempt))
+
+
+class _Observed:
+    """A ``HubReader`` as it is, but its events pass through the web tier's metrics
+    (``streaming.metrics.observe_events``) and its ``attempt`` follows ``restarted`` events."""
+
+    def __init__(self, reader: HubReader) -> None:
+        self._reader = reader
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        run_id = self._reader.cursor.keys.run_id
+        return _metrics.observe_events(run_id, _follow_attempt(self._reader))
+
+
+async def _follow_attempt(reader: HubReader) -> AsyncGenerator[Event, None]:
+    """``reader``'s events; a ``restarted`` event updates ``reader.attempt`` (for log lines)."""
+    events = cast(AsyncGenerator[Event, None], aiter(reader))  # __aiter__ is a generator
+    async with contextlib.aclosing(events):  # leaves the hub as soon as the client does
+        async for event in events:
+            if event.event == "restarted":
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    reader.attempt = int(json.loads(event.data)["attempt"])
+            yield event
 
 
 # -- requests and errors --------------------------------------------------------------------
@@ -514,6 +553,15 @@ _ERROR_TYPES: list[tuple[type[Exception], int, str]] = [
 ]
 
 
+class ErrorResponse(JSONResponse):
+    """A JSON error ``{"error": {"type", "message", ...}}``; ``error_type`` is its type (the
+    responses metric counts by it)."""
+
+    def __init__(self, error: dict[str, Any], status: int, headers: dict[str, str]) -> None:
+        super().__init__({"error": error}, status, headers)
+        self.error_type = str(error["type"])
+
+
 def error_response(exc: InvalidInput | AccessDenied | Unavailable) -> JSONResponse:
     """The JSON error of a refused request: ``{"error": {"type", "message"}}``.
 
@@ -526,12 +574,13 @@ def error_response(exc: InvalidInput | AccessDenied | Unavailable) -> JSONRespon
         headers["WWW-Authenticate"] = 'Bearer realm="streams"'
     if isinstance(exc, Unavailable):
         logger.warning("answered 503: %s (%r)", exc, exc.__cause__)
+        _metrics.store_error("web")
         headers["Retry-After"] = str(exc.retry_after)
     error: dict[str, Any] = {"type": kind, "message": str(exc)}
     field = getattr(exc, "field", None)
     if field is not None:
         error["field"] = field
-    return JSONResponse({"error": error}, status, headers)
+    return ErrorResponse(error, status, headers)
 
 
 # -- access logs ----------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -96,7 +96,8 @@ class Event:
     ``seq`` is the chunk's sequence number (``None`` for events the reader makes up: gaps and
     endings it detects itself); ``event`` the SSE event name (``message`` when the frame has
     none); ``data`` the frame's data lines joined by ``\\n``; ``frame`` the SSE frame as stored
-    (no ``id:`` line); ``terminal`` is set on a run's last event.
+    (no ``id:`` line); ``terminal`` is set on a run's last event; ``stored_ms`` the entry's
+    ``timestamp`` (0 for made-up events), for the delivery-lag metric.
     """
 
     seq: int | None
@@ -104,6 +105,7 @@ class Event:
     data: str
     frame: str
     terminal: Terminal | None = None
+    stored_ms: int = field(default=0, compare=False)
 
     def sse(self) -> str:
         """The event as an SSE frame, with ``id: <seq>`` when it has one."""
@@ -258,4 +260,12 @@ def entry_event(fields: dict[str, str]) -> Event:
     frame = fields.get("data", "")
     event, data = parse_frame(frame)
     terminal = terminal_of(event, data) if fields.get("complete") == "true" else None
-    return Event(int(fields["seq_id"]), event, data, frame, terminal)
+    return Event(int(fields["seq_id"]), event, data, frame, terminal,
+                 _millis(fields.get("timestamp")))
+
+
+def _millis(raw: str | None) -> int:
+    try:
+        return int(raw or 0)
+    except ValueError:  # the seed's or someone's odd timestamp: no lag to tell
+        return 0

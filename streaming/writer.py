@@ -30,8 +30,10 @@ from typing import Any, TypeVar
 
 from redis.exceptions import NoScriptError, OutOfMemoryError, ResponseError
 
+from . import metrics as _metrics
 from . import scripts
 from .client import TRANSIENT, AsyncClient, async_client
+from .deltas import MERGE_LIMIT, Delta, weights_arg
 from .errors import (
     BufferFullError,
     RunBusyError,
@@ -42,6 +44,7 @@ from .errors import (
     WriterError,
     WriterStateError,
 )
+from .logs import run_extra
 from .settings import Settings
 from .wire import RUN_INDEX, RunKeys, Terminal, check_frame_size, encode_frame, terminal_frame
 
@@ -88,6 +91,9 @@ class _Run:
     refreshed: float = field(default_factory=time.monotonic)
     resumed_chunks: int = 0  # output chunks of earlier attempts this attempt continues after
     output_from: int = 1  # local index of the first output chunk (after ``restarted``)
+    delta: Delta | None = None  # the open text delta, not in ``pending`` yet (streaming.deltas)
+    last_delta: float = 0.0  # when the run's previous text delta was accepted (monotonic)
+    weights: dict[int, int] = field(default_factory=dict)  # merged entries not acked yet
 
 
 class StreamWriter:
@@ -111,6 +117,7 @@ class StreamWriter:
         self._runs: dict[str, _Run] = {}
         self._dirty: dict[_Run, None] = {}
         self._buffered = 0
+        self._waiting_since = 0.0  # wall time the oldest unflushed chunk began waiting
         self._wake_pending = False
         self._stopping = False
         self._outage_since: float | None = None
@@ -197,6 +204,7 @@ class StreamWriter:
         run = self._call(self._claim(keys, token, wait, resume), deadline)
         with self._cond:
             self._runs[run_id] = run
+        _metrics.run_started(run.attempt)
         handle = RunWriter(self, run)
         if run.attempt > 1 and announce_restart:
             run.output_from = 2
@@ -229,6 +237,7 @@ class StreamWriter:
                 raise WriterError(f"run {keys.run_id}: {reply[1]} holds a {reply[2]}, "
                                   "not this run's data; it was left as it is")
             if time.monotonic() >= give_up:
+                _metrics.busy()
                 raise RunBusyError(
                     f"run {keys.run_id} is held by another live writer "
                     f"(lease expires in {int(reply[1])} ms)"
@@ -269,17 +278,64 @@ class StreamWriter:
                 if not block:
                     raise _NoRoom
                 self._wait_for_room(run, size, room_timeout, outage=ending is None)
+            self._seal(run)
             run.accepted += 1
             run.pending.append((run.accepted, frame, int(time.time() * 1000)))
             run.ending = ending
             self._buffered += size
             self._stats.accepted += 1
             self._dirty[run] = None
+            if not self._waiting_since:  # the health check reads it even if the loop is stuck
+                self._waiting_since = time.time()
+                _metrics.waiting(self._waiting_since)
             wake = not self._wake_pending
             self._wake_pending = True
         if wake:
             self._wake()
         return run.accepted
+
+    def _accept_text(self, run: _Run, text: str) -> int:
+        """Buffer a text delta, merged into the run's open one when it is still waiting."""
+        size = len(text) + _CHUNK_OVERHEAD
+        with self._cond:
+            self._check_writable(run)
+            if self._buffered + size > self.settings.max_buffer_bytes:
+                self._wait_for_room(run, size, None, outage=True)
+            now = time.monotonic()
+            delta = run.delta
+            created = delta is None or not delta.fits(text)
+            if delta is None or created:
+                self._seal(run)
+                run.accepted += 1
+                delta = run.delta = Delta(run.accepted, int(time.time() * 1000), began=now,
+                                          close=now - run.last_delta < self.settings.delta_linger)
+                self._buffered += _CHUNK_OVERHEAD
+            delta.add(text)
+            run.last_delta = now
+            self._buffered += len(text)
+            self._stats.accepted += 1
+            self._dirty[run] = None
+            if not self._waiting_since:
+                self._waiting_since = time.time()
+                _metrics.waiting(self._waiting_since)
+            # An open delta already has a flush coming (a wake, a flush in flight, or its
+            # linger's timer): only a new one wakes the loop.
+            wake = created and not self._wake_pending
+            self._wake_pending = self._wake_pending or created
+        if wake:
+            self._wake()
+        return delta.index
+
+    def _seal(self, run: _Run) -> None:
+        """Move the run's open text delta into ``pending`` as one frame (lock held)."""
+        delta, run.delta = run.delta, None
+        if delta is None:
+            return
+        frame = delta.frame()
+        run.pending.append((delta.index, frame, delta.stamp_ms))
+        self._buffered += _cost(frame) - (delta.size + _CHUNK_OVERHEAD)
+        if delta.weight > 1:
+            run.weights[delta.index] = delta.weight
 
     def _check_writable(self, run: _Run, *, outage: bool = True) -> None:
         if run.error is not None:
@@ -320,6 +376,10 @@ class StreamWriter:
     def _wait_acked(self, run: _Run, upto: int, timeout: float) -> None:
         give_up = time.monotonic() + timeout
         with self._cond:
+            if run.delta is not None and run.delta.index <= upto:
+                self._seal(run)  # a flush does not wait for a lingering delta
+                self._wake_pending = True
+                self._loop_call(self._wake_soon)
             while run.acked < upto and run.error is None:
                 left = give_up - time.monotonic()
                 if left <= 0:
@@ -389,26 +449,44 @@ class StreamWriter:
         """Move pending chunks of dirty runs into one batch, within the pipeline bound."""
         batch = []
         room = self.settings.max_pipeline_bytes
+        now, held = time.monotonic(), None
         with self._cond:
             self._wake_pending = False
-            while self._dirty and room > 0:
-                run = next(iter(self._dirty))
+            full = False
+            for run in list(self._dirty):
+                if room <= 0:
+                    full = True  # the runs left (open deltas too) go in the next pipeline
+                    break
+                held = _earliest(held, self._seal_due(run, now))
                 chunks: list[tuple[int, str, int]] = []
                 while run.pending and len(chunks) < self.settings.max_batch and room > 0:
                     chunk = run.pending.popleft()
                     room -= len(chunk[1])
                     chunks.append(chunk)
                 last = not run.pending
-                if last:
+                if last and run.delta is None:
                     del self._dirty[run]
                 if chunks:
                     batch.append((run, chunks, last and run.ending is not None))
-            if self._dirty:
+            if full or any(run.pending for run in self._dirty):
                 self._wake_pending = True
                 self._wake_soon()
+        if held is not None and self._loop is not None:
+            self._loop.call_later(max(held - now, 0.0), self._wake_soon)
         return batch
 
+    def _seal_due(self, run: _Run, now: float) -> float | None:
+        """Seal the run's open delta unless it lingers (``delta_linger``): then its due time."""
+        if run.delta is None:
+            return None
+        due = run.delta.due(self.settings.delta_linger)
+        if due > now and not self._stopping:
+            return due
+        self._seal(run)
+        return None
+
     async def _send(self, batch: list[tuple[_Run, list[tuple[int, str, int]], bool]]) -> None:
+        started = time.perf_counter()
         try:
             client = self._get_client()
             async with client.pipeline(transaction=False) as pipe:
@@ -426,6 +504,7 @@ class StreamWriter:
             await self._load_scripts()
         retry = [(item, reply) for item, reply in zip(batch, replies, strict=True)
                  if not self._settle(item[0], item[1], reply)]
+        self._observe_flush(time.perf_counter() - started, batch, retry)
         if retry:
             await self._requeue([item for item, _ in retry], retry[0][1])
         else:
@@ -435,13 +514,27 @@ class StreamWriter:
         if ended:
             await self._unindex(ended)
 
+    def _observe_flush(self, seconds: float, batch: list[tuple[_Run, list[tuple[int, str, int]],
+                       bool]], retry: list[Any]) -> None:
+        again = {id(item) for item, _ in retry}
+        stored = [frame for item in batch if id(item) not in again and item[0].error is None
+                  for _, frame, _ in item[1]]
+        _metrics.flushed(seconds, len(stored), sum(len(f.encode()) for f in stored))
+        with self._cond:
+            # Progress was made: what still waits has waited only since now.
+            self._waiting_since = time.time() if self._buffered else 0.0
+            _metrics.buffered(self._buffered, self._waiting_since)
+
     def _append_args(self, run: _Run, chunks: list[tuple[int, str, int]], ends: bool) -> list[Any]:
         keys = run.keys
         ending = run.ending.value if ends and run.ending else ""
         notify = keys.notify if self.settings.cluster else ""
+        with self._cond:
+            weights = weights_arg((index for index, _, _ in chunks), run.weights)
         return [keys.stream, keys.meta, keys.lease, run.token, self._lease_ms(), self._ttl(),
                 self.settings.retention, self.settings.max_stream_length, chunks[0][0], ending,
-                chunks[-1][2], notify, run.output_from, *(frame for _, frame, _ in chunks)]
+                chunks[-1][2], notify, run.output_from, weights, self.settings.max_stream_bytes,
+                *(frame for _, frame, _ in chunks)]
 
     def _settle(self, run: _Run, chunks: list[tuple[int, str, int]], reply: Any) -> bool:
         """Record one run's reply; False when the chunks must be sent again."""
@@ -452,12 +545,17 @@ class StreamWriter:
             if isinstance(reply, Exception):
                 run.error = _refusal(run, reply)
                 dropped = _size(run.pending) + _size(chunks)
+                if run.delta is not None:
+                    dropped += run.delta.size + _CHUNK_OVERHEAD
+                    run.delta = None
                 run.pending.clear()
                 self._dirty.pop(run, None)
                 self._buffered -= dropped
-                logger.error("%s", run.error)
+                logger.error("%s", run.error, extra=run_extra(run.keys.run_id, run.attempt))
             else:
                 run.seq, run.acked, run.cancel_requested = int(reply[0]), int(reply[1]), reply[2]
+                for index in [i for i in run.weights if i <= run.acked]:
+                    del run.weights[index]
                 run.refreshed = time.monotonic()
                 self._buffered -= _size(chunks)
                 self._stats.written += len(chunks)
@@ -476,6 +574,7 @@ class StreamWriter:
                     self._buffered -= _size(chunks)
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
+                _metrics.outage()
             self._outage_reason = f"{type(exc).__name__}: {exc}"
             self._stats.retries += 1
             self._cond.notify_all()
@@ -635,7 +734,8 @@ class RunWriter:
 
     @property
     def sent(self) -> int:
-        """Chunks this handle accepted (its ``restarted`` event included)."""
+        """Entries this handle accepted (its ``restarted`` event included; text deltas merged
+        into one entry count once)."""
         return self._run.accepted
 
     @property
@@ -658,6 +758,19 @@ class RunWriter:
         """Frame ``data`` as one SSE event and buffer it; returns its local index (from 1)."""
         frame = encode_frame(data, event, limit=self._writer.settings.max_chunk_bytes)
         return self._writer._accept(self._run, frame)
+
+    def send_text(self, text: str) -> int:
+        """Buffer a text delta, the event ``data: {"text": text}``; returns its local index.
+
+        Deltas that wait together in the buffer are stored as one event with their texts
+        joined (``streaming.deltas``), which is how readers then get them; ``merge_deltas=False``
+        stores each on its own.
+        """
+        if not isinstance(text, str):
+            raise WriterError(f"a text delta is a str, not {type(text).__name__}")
+        if not self._writer.settings.merge_deltas or len(text) > MERGE_LIMIT:
+            return self.send(json.dumps({"text": text}, ensure_ascii=False))
+        return self._writer._accept_text(self._run, text)
 
     def send_frame(self, frame: str) -> int:
         """Buffer an already framed SSE event (``data: ...\\n\\n``) as it is."""
@@ -683,10 +796,13 @@ class RunWriter:
         Returns the last seq id. ``kind`` is done, error, cancelled, timeout or lost.
         """
         give_up = time.monotonic() + timeout
-        if self._run.ending is None:
+        ending = self._run.ending is None
+        if ending:
             frame = terminal_frame(kind, message, type=type)
             self._writer._accept(self._run, frame, kind, room_timeout=timeout)
         self.flush(max(give_up - time.monotonic(), 0.0))
+        if ending:
+            _metrics.run_ended(kind.value)
         self._writer._forget(self._run)
         return self._run.seq
 
@@ -721,6 +837,10 @@ class RunWriter:
 _CHUNK_OVERHEAD = 256
 
 
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
 def _cost(frame: str) -> int:
     return len(frame) + _CHUNK_OVERHEAD
 
@@ -733,6 +853,7 @@ def _refusal(run: _Run, reply: Exception) -> WriterError:
     text = str(reply)
     name = run.keys.run_id
     if text.startswith("STALE"):
+        _metrics.fenced()
         return StaleWriterError(f"run {name}: {text[6:]}")
     if text.startswith("CLOSED"):
         return RunClosedError(f"run {name}: {text[7:]}")

@@ -42,6 +42,8 @@ ENVIRONMENT = {
     "store_retries": "WORKER_STORE_RETRIES",
     "send_tracebacks": "WORKER_SEND_TRACEBACKS",
     "generator_modules": "WORKER_GENERATOR_MODULES",
+    "metrics_port": "WORKER_METRICS_PORT",
+    "metrics_host": "WORKER_METRICS_HOST",
     "params_schema": "WORKER_PARAMS_SCHEMA",
     "openai_base_url": "OPENAI_BASE_URL",
     "openai_model": "OPENAI_MODEL",
@@ -89,6 +91,11 @@ class WorkerConfig:
     send_tracebacks: bool = False
     #: Extra modules, comma separated, whose generators are registered at worker start.
     generator_modules: tuple[str, ...] = ()
+    #: Port of the worker's metrics and health endpoint (``/metrics``, ``/healthz``), served
+    #: by its main process for all its pool processes; 0 (the default): no endpoint.
+    metrics_port: int = 0
+    #: Address that endpoint listens on.
+    metrics_host: str = "127.0.0.1"
     #: JSON Schema file of the generators' params (``python -m tasks.schemas``): processes
     #: that start runs check params against it before enqueueing. Default: the built-in
     #: generators' file, unless ``generator_modules`` adds generators it does not know.
@@ -103,6 +110,9 @@ class WorkerConfig:
                 f"WORKER_TIME_LIMIT ({self.time_limit}) must be greater than "
                 f"WORKER_SOFT_TIME_LIMIT ({self.soft_time_limit})"
             )
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigurationError(
+                f"WORKER_METRICS_PORT must be 0..65535, got {self.metrics_port}")
         if self.max_attempts < 1 or self.max_retries < 0:
             raise ConfigurationError("WORKER_MAX_ATTEMPTS must be >= 1, WORKER_MAX_RETRIES >= 0")
         if self.sweep_interval <= 0 or self.store_retries < 0:

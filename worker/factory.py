@@ -14,6 +14,7 @@ from streaming.client import SyncClient
 from streaming.writer import StreamWriter
 from tasks import GENERATE
 
+from . import observe
 from .config import WorkerConfig, celery_settings
 
 __all__ = ["StreamingCelery", "create_app", "stream_options"]
@@ -53,9 +54,14 @@ def stream_options(config: WorkerConfig) -> StreamingOptions:
                             progress_interval=config.progress_interval,
                             cancel_check_interval=config.cancel_check_interval,
                             send_tracebacks=config.send_tracebacks,
-                            sweep_interval=config.sweep_interval)
+                            sweep_interval=config.sweep_interval,
+                            # The built-in generators' tokens (the openai one) merge.
+                            merge_text_deltas=True)
 
 
 def create_app(config: WorkerConfig, **kwargs: object) -> StreamingCelery:
-    """A configured app whose workers stream ``tasks.generate`` runs."""
-    return StreamingCelery(config, **kwargs)
+    """A configured app whose workers stream ``tasks.generate`` runs (with metrics, health
+    and run-tagged logs: ``worker.observe``)."""
+    app = StreamingCelery(config, **kwargs)
+    observe.connect(app)
+    return app

@@ -10,7 +10,7 @@ import importlib
 __all__ = ["load_all"]
 
 MODULES = ("latency", "throughput", "write_cost", "idle_readers", "fanout", "memory",
-           "ending_bound", "first_chunk", "end_to_end")
+           "storage", "ending_bound", "first_chunk", "end_to_end")
 
 
 def load_all() -> None:

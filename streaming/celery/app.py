@@ -46,6 +46,10 @@ class StreamingOptions:
     #: overdue runs (queued too long, or claimed and abandoned) and makes their Celery state
     #: follow every ending it finds.
     sweep_interval: float = 5.0
+    #: Store ``{"text": "..."}`` yields that wait in the writer's buffer together as one event
+    #: with their texts joined (``RunWriter.send_text``): a token-by-token answer then takes a
+    #: fraction of the store's memory. Off by default: each yield stays its own event.
+    merge_text_deltas: bool = False
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:

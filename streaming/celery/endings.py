@@ -30,7 +30,9 @@ from celery.exceptions import TimeLimitExceeded
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
+from .. import metrics
 from ..control import cancel_reason, end_run
+from ..logs import run_extra
 from ..wire import Terminal
 from .app import Streaming
 
@@ -116,13 +118,16 @@ def _end(streaming: Streaming, run_id: str, kind: Terminal, message: str) -> Non
     try:
         ended = _end_when_not_live(streaming, run_id, kind, message)
         if ended is kind:
-            logger.warning("run %s ended by the worker: %s (%s)", run_id, kind.value, message)
+            metrics.run_ended(kind.value)
+            logger.warning("run %s ended by the worker: %s (%s)", run_id, kind.value, message,
+                           extra=run_extra(run_id))
         elif ended is None:
-            logger.info("run %s is served by another live attempt; no ending written", run_id)
+            logger.info("run %s is served by another live attempt; no ending written", run_id,
+                        extra=run_extra(run_id))
         else:
-            logger.info("run %s had already ended (%s)", run_id, ended)
+            logger.info("run %s had already ended (%s)", run_id, ended, extra=run_extra(run_id))
     except RedisError:
-        logger.exception("could not write the ending of run %s", run_id)
+        logger.exception("could not write the ending of run %s", run_id, extra=run_extra(run_id))
     finally:
         with _ending_lock:
             _ending.discard(run_id)

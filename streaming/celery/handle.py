@@ -57,8 +57,9 @@ class RunHandle:
     """
 
     def __init__(self, run: RunWriter, watch: CancelWatch,
-                 report: Callable[[Summary], None]) -> None:
+                 report: Callable[[Summary], None], *, merge_text: bool = False) -> None:
         self._run = run
+        self._merge_text = merge_text
         self._watch = watch
         self._report = report
         self.summary = Summary(run.run_id, run.attempt)
@@ -100,9 +101,17 @@ class RunHandle:
         """Buffer one event (microseconds); then raise ``RunCancelled`` if a cancel was asked
         (the task's next step never runs)."""
         data, event = frame(item)
-        self._run.send(data, event)
+        if self._merge_text and event is None and _text_delta(item):
+            self._run.send_text(item["text"])  # type: ignore[index]  # a dict: checked
+        else:
+            self._run.send(data, event)
         self.summary.add(data, self._run.last_seq)
         self._report(self.summary)
         reason = self._watch.reason()
         if reason:
             raise RunCancelled(reason)
+
+
+def _text_delta(item: object) -> bool:
+    """``{"text": "..."}`` and nothing else: a model's token, which may merge with others."""
+    return isinstance(item, dict) and len(item) == 1 and isinstance(item.get("text"), str)

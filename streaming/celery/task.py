@@ -55,6 +55,7 @@ from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
 
+from .. import logs
 from ..control import cancel_reason
 from ..errors import (
     BufferFullError,
@@ -98,6 +99,7 @@ class StreamingTask(Task):  # type: ignore[misc]
     progress_interval: float | None = None
     cancel_check_interval: float | None = None
     send_tracebacks: bool | None = None
+    merge_text_deltas: bool | None = None
     resumable = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -175,6 +177,12 @@ def execute(task: StreamingTask, body: Callable[[], Any]) -> Any:
     streaming = streaming_of(task.app)
     request = task.request
     run_id = validate_run_id(task.run_id_for(request.id, request.args, request.kwargs))
+    with logs.bind(run_id):  # every line about the run says which (streaming.logs)
+        return _claim_and_run(task, streaming, run_id, body)
+
+
+def _claim_and_run(task: StreamingTask, streaming: Streaming, run_id: str,
+                   body: Callable[[], Any]) -> Any:
     try:
         run = streaming.writer().open(run_id, wait=streaming.settings.lease_ttl * 1.5,
                                       resume=task.resumes())
@@ -185,7 +193,8 @@ def execute(task: StreamingTask, body: Callable[[], Any]) -> Any:
         _follow_ending(task, streaming, run_id)
         logger.info("run %s has already ended; this delivery writes nothing", run_id)
         raise Ignore() from None
-    return Attempt(task, streaming, run).run(body)
+    with logs.bind(run_id, run.attempt):
+        return Attempt(task, streaming, run).run(body)
 
 
 def _follow_ending(task: StreamingTask, streaming: Streaming, run_id: str) -> None:
@@ -205,7 +214,8 @@ class Attempt:
         self.run_writer = run
         interval = float(task.option("cancel_check_interval"))
         self.watch = CancelWatch(run, self._read_cancel_flag, interval)
-        self.handle = RunHandle(run, self.watch, lambda _: self._report())
+        self.handle = RunHandle(run, self.watch, lambda _: self._report(),
+                                merge_text=bool(task.option("merge_text_deltas")))
         self.summary: Summary = self.handle.summary
         self._next_report = 0.0
         self._next_flag_read = 0.0
@@ -259,6 +269,8 @@ class Attempt:
 
     def _body(self, body: Callable[[], Any]) -> Any:
         """Run the body; a generator's chunks are pumped into the run (None is returned)."""
+        logger.info("run %s started: task %s, after seq %d", self.run_writer.run_id,
+                    self.task.name, self.run_writer.last_seq)
         self._report(force=True)
         try:
             result = body()
@@ -305,6 +317,8 @@ class Attempt:
         wait = self.streaming.settings.unavailable_timeout if wait is None else wait
         self.summary.last_seq = self.run_writer.finish(kind, message, type=type, timeout=wait)
         self.summary.ending = kind.value
+        logger.info("run %s ended %s: %d chunks, last seq %d", self.run_writer.run_id,
+                    kind.value, self.summary.chunks, self.summary.last_seq)
         return self.summary.as_dict()
 
     def _read_cancel_flag(self) -> str:

@@ -42,7 +42,8 @@ def create_app() -> Any:
 class AppProcess:
     """``uvicorn --factory tests.web.app_process:create_app`` on a free port."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.args = list(args)  # more uvicorn options, e.g. --workers 2
         self.port = free_port()
         self.env = {**os.environ, **env}
         self.log = Path(tempfile.mkstemp(prefix="app-", suffix=".log")[1])
@@ -56,7 +57,7 @@ class AppProcess:
         command = [sys.executable, "-m", "uvicorn", "--factory",
                    "tests.web.app_process:create_app", "--host", "127.0.0.1",
                    "--port", str(self.port), "--log-level", "warning",
-                   "--timeout-graceful-shutdown", "2"]
+                   "--timeout-graceful-shutdown", "2", *self.args]
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)

@@ -43,14 +43,18 @@ def listening(port: int) -> bool:
 @pytest.mark.slow
 def test_demo_once_on_a_fresh_machine():
     """No REDIS_URL: embedded server, prefork worker, Flower, app; one run; exit 0."""
-    flower = free_port()
-    done, port = run_demo(fresh_env(), "--flower-port", str(flower))
+    flower, metrics = free_port(), free_port()
+    done, port = run_demo(fresh_env(), "--flower-port", str(flower), "--metrics-port",
+                          str(metrics))
     assert done.returncode == 0, done.stdout + done.stderr
+    assert f"http://127.0.0.1:{port}/metrics" in done.stdout
+    assert f"http://127.0.0.1:{metrics}/metrics" in done.stdout
+    assert "warning" not in done.stdout  # the worker's endpoint answered
     assert "starting the embedded Redis-compatible server" in done.stdout
     assert f"http://127.0.0.1:{port}/" in done.stdout
     assert f"http://127.0.0.1:{flower}/" in done.stdout
     assert "run ended: done" in done.stdout
-    assert not listening(port) and not listening(flower)  # everything was stopped
+    assert not listening(port) and not listening(flower) and not listening(metrics)
 
 
 @pytest.mark.slow

@@ -1,0 +1,136 @@
+"""The metrics module: optional, named as the dashboard expects, silent without its extra."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streaming import metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD = ROOT / "examples" / "grafana" / "streaming.json"
+
+
+def exposed_names() -> set[str]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = metrics.exposition().decode()
+    return {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_every_dashboard_query_names_a_metric_the_library_exposes():
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\bstreaming_[a-z_]+", expr)}
+    # Labelled counters show no sample until a label is used: list the families as well.
+    exposed = exposed_names() | {f"streaming_{n}_total" for n in
+                                 ("http_responses", "store_errors", "runs_started",
+                                  "runs_ended", "sweep_endings")}
+    assert used and used <= exposed, used - exposed
+
+
+def test_the_library_streams_without_prometheus_client(redis_url):
+    """prometheus_client made unimportable: a writer and a reader still work, metrics are off."""
+    code = f"""
+import sys
+sys.modules["prometheus_client"] = None  # as if the metrics extra were not installed
+from streaming import metrics
+from streaming.client import sync_client
+from streaming.reader import read_events
+from streaming.settings import Settings
+from streaming.writer import StreamWriter
+settings = Settings(redis_url={redis_url!r})
+writer = StreamWriter(settings).start()
+run = writer.open("no-metrics-" + __import__("uuid").uuid4().hex)
+run.send("hello")
+run.finish()
+events = list(read_events(sync_client(settings), run.run_id, settings))
+writer.stop()
+assert not metrics.available()
+print(len(events), "prometheus_client" in sys.modules and sys.modules["prometheus_client"])
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "None"]
+
+
+def counter(name: str, **labels: str) -> float:
+    return sum(v for found, v in metrics.samples(metrics.exposition(), name)
+               if labels.items() <= found.items())
+
+
+def test_endings_the_sweep_writes_are_counted_by_kind(private_server, settings):
+    import redis
+
+    from streaming.control import mark_pending, sweep
+
+    local = settings.replace(redis_url=private_server.url)
+    client = redis.Redis.from_url(private_server.url, decode_responses=True)
+    mark_pending(client, "queued-too-long", local)
+    seconds, micros = client.time()
+    queued = int(seconds * 1000 + micros // 1000 - (local.queue_timeout + 1) * 1000)
+    client.hset("sse:run:queued-too-long:meta", "queued", queued)
+    before = counter("streaming_sweep_endings_total", kind="timeout")
+    assert sweep(client, local) == {"queued-too-long": "timeout"}
+    assert counter("streaming_sweep_endings_total", kind="timeout") == before + 1
+    assert sweep(client, local) == {}
+    assert counter("streaming_sweep_endings_total", kind="timeout") == before + 1
+    client.close()
+
+
+def test_a_fenced_write_and_a_busy_claim_are_counted(settings, writer, redis_client, run_id):
+    from streaming.errors import RunBusyError, StaleWriterError
+    from streaming.writer import StreamWriter
+
+    fenced, busy = counter("streaming_writer_fenced_total"), counter("streaming_writer_busy_total")
+    stale = writer.open(run_id)
+    stale.send("old")
+    stale.flush()
+    other = StreamWriter(settings).start()
+    try:
+        with pytest.raises(RunBusyError):
+            other.open(run_id)  # the first writer's lease is live
+        assert counter("streaming_writer_busy_total") == busy + 1
+        redis_client.delete(f"sse:run:{run_id}:lease")  # a pause longer than the lease
+        fresh = other.open(run_id)
+        stale.send("late")
+        with pytest.raises(StaleWriterError):
+            stale.flush()
+        assert counter("streaming_writer_fenced_total") == fenced + 1
+        fresh.finish()
+    finally:
+        other.stop()
+
+
+def test_a_writer_whose_text_deltas_cannot_flush_is_reported_stalled(settings, redis_url,
+                                                                      run_id):
+    """The worker's health check (``worker.observe.health``) from this process's gauge."""
+    import time
+
+    from streaming.writer import StreamWriter
+    from tests.proxy import Proxy, port_of
+    from worker.observe import health
+
+    proxy = Proxy(port_of(redis_url))
+    writer = StreamWriter(settings.replace(redis_url=proxy.url)).start()
+    try:
+        run = writer.open(run_id)
+        run.send_text("flushed")
+        run.flush()
+        assert health(stall=1.0) == "ok"
+        proxy.set_refuse(True)
+        run.send_text("stuck")
+        time.sleep(1.5)
+        assert "unflushed for" in health(stall=1.0)
+        proxy.set_refuse(False)
+        run.finish(timeout=30)
+        assert health(stall=1.0) == "ok"
+    finally:
+        writer.stop(5)
+        proxy.close()
