@@ -23,7 +23,7 @@ from streaming.writer import StreamWriter
 from tests.conftest import require
 from tests.waiting import wait_for
 
-SEED = Path("/work/shared/seed/redis_stream_manager.py")
+SEED = Path(__file__).resolve().parents[2] / "shared" / "seed" / "redis_stream_manager.py"
 TOKENS = [f" tok{i}" if i % 7 else f" é{i}\n" for i in range(3000)]
 
 
