@@ -187,6 +187,7 @@ class ReaderHub:
         return {
             "readers": self.readers,
             "followed": sum(len(s.subs) for s in self._shards),
+            "following": sum(len(subs) for s in self._shards for subs in s.subs.values()),
             "blocking_reads": sum(s.reads for s in self._shards),
         }
 
