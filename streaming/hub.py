@@ -146,6 +146,8 @@ class ReaderHub:
         self._connections = connections
         self._shards: list[Follower] = []
         self.readers = 0
+        #: Readers that started reading so far (``streaming.gcpolicy`` freezes after joins).
+        self.joins = 0
         # At most this many catch-up reads and status checks at once: a single server's pool
         # waits for a free connection, a cluster client fails past its limit instead.
         self._gate = asyncio.Semaphore(_POOL)
@@ -271,6 +273,7 @@ class HubReader:
     async def __aiter__(self) -> AsyncIterator[Event]:
         cursor = self.cursor
         self.hub.readers += 1
+        self.hub.joins += 1
         try:
             await self.open()
             start, self._start = self._start or [], []

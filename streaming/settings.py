@@ -99,6 +99,10 @@ class Settings:
     token_secret: str | None = dataclasses.field(default=None, repr=False)
     #: Lifetime of the read tokens a host app issues (``streaming.tokens.issue_token``).
     token_ttl: float = 24 * 3600
+    #: What the web endpoints' lifespan does with the garbage collector of their process
+    #: (``streaming.gcpolicy``): ``joins`` (freeze after start-up and after readers join),
+    #: ``startup``, ``thresholds`` or ``off``.
+    gc_mode: str = "joins"
 
     def __post_init__(self) -> None:
         if self.redis_url is not None and CLUSTER_SCHEME.match(self.redis_url):

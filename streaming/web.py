@@ -62,6 +62,7 @@ from .errors import (
     ReaderError,
     Unauthenticated,
 )
+from .gcpolicy import GcPacer
 from .hub import HubReader, ReaderHub
 from .settings import Settings
 from .sse import sse_frames
@@ -125,6 +126,8 @@ class StreamEndpoints:
         self.retry_ms = retry_ms
         self._hub = hub
         self._own_hub = hub is None
+        #: The garbage collector's pacing while the lifespan runs (raises on a bad mode now).
+        self.gc = GcPacer(settings.gc_mode, lambda: self._hub.joins if self._hub else 0)
 
     @property
     def routes(self) -> list[BaseRoute]:
@@ -139,11 +142,16 @@ class StreamEndpoints:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:
-        """Start the hub with the app and close it at shutdown (pass as ``lifespan=``)."""
+        """Start the hub with the app and close it at shutdown (pass as ``lifespan=``).
+
+        It also paces the process's garbage collector for thousands of long-lived streams
+        (``settings.gc_mode``, ``streaming.gcpolicy``)."""
         await self.start()
+        self.gc.start()
         try:
             yield
         finally:
+            await self.gc.aclose()
             await self.aclose()
 
     async def start(self) -> ReaderHub:

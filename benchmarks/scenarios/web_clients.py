@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from streaming.tokens import TokenSigner
@@ -52,30 +54,33 @@ def run(ctx: Context) -> Result:
         "figure": "percentiles over every chunk of every client"})
     found = {}
     try:
-        for n in steps:
-            found[n] = _step(ctx, n, seconds, args)
+        for size in steps:
+            found[size] = step(ctx, size, seconds, args)
     finally:
         cleanup(ctx.redis_url, NAME)
     seed = "n/a (the seed has no HTTP tier)"
-    for n, step in found.items():
-        result.params[f"N={n}"] = {k: v for k, v in step.items() if k != "delays_ns"}
-        result.add(Figure(f"p50, N={n:,}", "ms", "lower", step["p50_ms"], seed))
-        result.add(Figure(f"p99, N={n:,}", "ms", "lower", step["p99_ms"], seed,
+    for n, one in found.items():
+        result.params[f"N={n}"] = {k: v for k, v in one.items() if k != "delays_ns"}
+        result.add(Figure(f"p50, N={n:,}", "ms", "lower", one["p50_ms"], seed))
+        result.add(Figure(f"p99, N={n:,}", "ms", "lower", one["p99_ms"], seed,
                           target=Target(limit=KNEE_MS)))
-        result.add(Figure(f"app CPU, N={n:,}", "% of a core", "lower", step["app_cpu_percent"],
+        result.add(Figure(f"app CPU, N={n:,}", "% of a core", "lower", one["app_cpu_percent"],
                           seed))
         result.add(Figure(f"app memory per client, N={n:,}", "KiB", "lower",
-                          step["rss_per_client_kib"], seed))
+                          one["rss_per_client_kib"], seed))
         result.add(Figure(f"chunks lost or repeated, N={n:,}", "chunks", "lower",
-                          step["lost"] + step["repeated"], seed, target=Target(limit=0)))
-    under = [n for n, step in found.items() if step["p99_ms"] <= KNEE_MS]
+                          one["lost"] + one["repeated"], seed, target=Target(limit=0)))
+    under = [n for n, one in found.items() if one["p99_ms"] <= KNEE_MS]
     result.add(Figure("knee: most clients with p99 under 100 ms", "clients", "higher",
                       max(under, default=0), seed, target=Target(limit=10_000),
                       note=f"of the steps {', '.join(f'{n:,}' for n in steps)}"))
     return result
 
 
-def _step(ctx: Context, n: int, seconds: float, args: list[str]) -> dict[str, Any]:
+def step(ctx: Context, n: int, seconds: float, args: list[str],
+          watch: Callable[[int], AbstractContextManager[Any]] | None = None) -> dict[str, Any]:
+    """One N: a fresh app, its clients and producer; ``watch(app pid)`` (a profiler) wraps the
+    streaming window."""
     secret = secrets.token_urlsafe(32)
     signer = TokenSigner(secret)
     ids = run_ids(NAME, n, "p")
@@ -95,11 +100,12 @@ def _step(ctx: Context, n: int, seconds: float, args: list[str]) -> dict[str, An
         joined = [c.channel.expect("ready", 300) for c in clients]
         started.check()
         rss_after = _rss(app_pid)
-        cpu, began = cpu_seconds(app_pid), time.monotonic()
-        producer.channel.send("go")
-        sent = dict(zip(ids, producer.channel.expect("result", seconds * 3 + 120)["sent"],
-                        strict=True))
-        app_cpu = (cpu_seconds(app_pid) - cpu) / (time.monotonic() - began)
+        with watch(app_pid) if watch else contextlib.nullcontext():
+            cpu, began = cpu_seconds(app_pid), time.monotonic()
+            producer.channel.send("go")
+            sent = dict(zip(ids, producer.channel.expect("result", seconds * 3 + 120)["sent"],
+                            strict=True))
+            app_cpu = (cpu_seconds(app_pid) - cpu) / (time.monotonic() - began)
         for client in clients:
             client.channel.send("stop", sent)
         parts = [c.channel.expect("result", GRACE + 60) for c in clients]
