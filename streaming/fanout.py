@@ -38,16 +38,40 @@ _STATUS_KEYS = 300  # runs per status request
 
 @dataclass(eq=False)
 class Sub:
-    """One reader following one run: the entries handed to it and not taken yet."""
+    """One reader following one run: the entries handed to it and not taken yet.
+
+    Woken with ``wake()`` (the follower, once per batch it hands over) and waited on with
+    ``wait()`` (the reader): a plain future of the loop per wait, made and resolved in C, not
+    an ``asyncio.Event`` (whose every wait asks for the running loop, a ``getpid()`` system call
+    on Python 3.11, and goes through a waiters deque in Python).
+    """
 
     cursor: RunCursor
     sent_id: str  # newest entry handed to this reader
     entries: list[Entry] = field(default_factory=list)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
     lagged: bool = False
     status: RunStatus | None = None
     #: The store refused this process the guarded ending: the reader makes it up.
     unwritable: bool = False
+    ready: bool = False
+    waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        """Something changed for this reader (entries, a status, its end)."""
+        self.ready = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Until ``wake()`` was called (at once if it was since the last wait)."""
+        if not self.ready:
+            self.waiter = loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        self.ready = False
 
 
 class Follower:
@@ -134,16 +158,18 @@ class Follower:
         limit = self.hub.settings.reader_queue
         behind: str | None = None
         self._heard(key)
+        start, first = id_key(after), id_key(entries[0][0])
         for sub in list(subs):
-            if id_key(sub.sent_id) < id_key(after):
+            sent = id_key(sub.sent_id)
+            if sent < start:
                 # It joined, further back, while this read was in flight: the batch does not
                 # start where it is. It gets the next read, from its own position.
-                if behind is None or id_key(sub.sent_id) < id_key(behind):
+                if behind is None or sent < id_key(behind):
                     behind = sub.sent_id
                 continue
             new = entries
-            if id_key(entries[0][0]) <= id_key(sub.sent_id):
-                new = [e for e in entries if id_key(e[0]) > id_key(sub.sent_id)]
+            if first <= sent:
+                new = [e for e in entries if id_key(e[0]) > sent]
             if not new:
                 continue
             if len(sub.entries) + len(new) > limit:
@@ -152,7 +178,7 @@ class Follower:
             else:
                 sub.entries.extend(new)
                 sub.sent_id = new[-1][0]
-            sub.wake.set()
+            sub.wake()
         if key in self.pos:
             self.pos[key] = entries[-1][0] if behind is None else behind
             if behind is not None:
@@ -162,7 +188,7 @@ class Follower:
         """The key is not a run (another type): end its readers as if it were missing."""
         for sub in self.subs.pop(key, ()):
             sub.status = NOT_A_RUN
-            sub.wake.set()
+            sub.wake()
         self.pos.pop(key, None)
         self.check_at.pop(key, None)
         self._unfollowed(key)
@@ -209,7 +235,7 @@ class Follower:
             self.check_at[key] = time.monotonic() + cursor.next_check(status, longest)
         for sub in self.subs.get(key, ()):
             sub.status, sub.unwritable = status, unwritable
-            sub.wake.set()
+            sub.wake()
 
     async def close(self, timeout: float) -> None:
         """Stop reading (readers still waiting end with the hub's error)."""
@@ -223,7 +249,7 @@ class Follower:
         await self._close_connections()
         for subs in self.subs.values():
             for sub in subs:
-                sub.wake.set()
+                sub.wake()
 
     async def _close_connections(self) -> None:
         """Close the connections this follower owns."""

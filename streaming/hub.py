@@ -311,10 +311,10 @@ class HubReader:
         shard = self.hub._shard(cursor.keys.stream)
         sub = Sub(cursor, cursor.last_id)
         shard.add(sub, self._check_in)
+        loop = asyncio.get_running_loop()
         try:
             while not cursor.done and not sub.lagged:
-                await sub.wake.wait()
-                sub.wake.clear()
+                await sub.wait(loop)
                 if shard.closed:
                     raise ReaderError("the reader hub was closed")
                 entries, sub.entries = sub.entries, []

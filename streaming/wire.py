@@ -37,6 +37,7 @@ run's shard channel ``sse:run:{<run_id>}:notify`` (same slot), which readers sub
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -249,8 +250,24 @@ def made_event(kind: Terminal | str, payload: dict[str, Any], *, terminal: bool 
 
 
 def entry_event(fields: dict[str, str]) -> Event:
-    """The event of one stream entry."""
+    """The event of one stream entry.
+
+    Parsed once for all the readers a batch is handed to (they share the reply's strings, so
+    the cache finds them by identity): ``Event`` is immutable. Only small frames are cached, so
+    the cache stays under ``_PARSED * _PARSED_FRAME`` characters.
+    """
     frame = fields.get("data", "")
+    complete = fields.get("complete") == "true"
+    if len(frame) > _PARSED_FRAME:
+        return _parse_entry(fields["seq_id"], frame, complete)
+    return _parsed_entry(fields["seq_id"], frame, complete)
+
+
+def _parse_entry(seq_id: str, frame: str, complete: bool) -> Event:
     event, data = parse_frame(frame)
-    terminal = terminal_of(event, data) if fields.get("complete") == "true" else None
-    return Event(int(fields["seq_id"]), event, data, frame, terminal)
+    terminal = terminal_of(event, data) if complete else None
+    return Event(int(seq_id), event, data, frame, terminal)
+
+
+_PARSED, _PARSED_FRAME = 1024, 4096
+_parsed_entry = functools.lru_cache(maxsize=_PARSED)(_parse_entry)
