@@ -63,15 +63,27 @@ class Sub:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def wait(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Until ``wake()`` was called (at once if it was since the last wait)."""
+    async def wait(self, loop: asyncio.AbstractEventLoop, timeout: float | None = None) -> bool:
+        """Until ``wake()`` was called (at once if it was since the last wait): True; False
+        when ``timeout`` seconds passed first."""
         if not self.ready:
-            self.waiter = loop.create_future()
+            waiter = self.waiter = loop.create_future()
+            timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
             try:
-                await self.waiter
+                await waiter
             finally:
                 self.waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if not self.ready:
+                return False
         self.ready = False
+        return True
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Follower:

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
@@ -270,7 +270,13 @@ class HubReader:
                     self._start = cursor.check_alive(status, unwritable=True)
         return self
 
-    async def __aiter__(self) -> AsyncIterator[Event]:
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return cast(AsyncIterator[Event], self.timed(None))
+
+    async def timed(self, idle: float | None) -> AsyncIterator[Event | None]:
+        """The events, with ``None`` after every ``idle`` seconds without one while the reader
+        waits for the run (``None``: never). A web response sends a keepalive for each
+        ``None``: the wait's own timer, not a task and a ``wait()`` per event."""
         cursor = self.cursor
         self.hub.readers += 1
         self.hub.joins += 1
@@ -283,8 +289,8 @@ class HubReader:
                 async for event in self._catch_up():
                     yield event
                 if not cursor.done:
-                    async for event in self._follow():
-                        yield event
+                    async for maybe in self._follow(idle):
+                        yield maybe
         finally:
             self.hub.readers -= 1
 
@@ -306,7 +312,7 @@ class HubReader:
             if len(entries) < count:
                 return
 
-    async def _follow(self) -> AsyncIterator[Event]:
+    async def _follow(self, idle: float | None) -> AsyncIterator[Event | None]:
         cursor = self.cursor
         shard = self.hub._shard(cursor.keys.stream)
         sub = Sub(cursor, cursor.last_id)
@@ -314,7 +320,9 @@ class HubReader:
         loop = asyncio.get_running_loop()
         try:
             while not cursor.done and not sub.lagged:
-                await sub.wait(loop)
+                if not await sub.wait(loop, idle):
+                    yield None  # idle for ``idle`` seconds
+                    continue
                 if shard.closed:
                     raise ReaderError("the reader hub was closed")
                 entries, sub.entries = sub.entries, []

@@ -65,7 +65,7 @@ from .errors import (
 from .gcpolicy import GcPacer
 from .hub import HubReader, ReaderHub
 from .settings import Settings
-from .sse import sse_frames
+from .sse import timed_frames
 from .tokens import TokenSigner
 from .wire import parse_cursor, validate_run_id
 
@@ -243,7 +243,7 @@ class StreamEndpoints:
     async def _frames(self, reader: HubReader, pings: bool) -> AsyncIterator[bytes]:
         interval = self.settings.ping_interval if pings else None
         try:
-            async for frame in sse_frames(reader, interval, retry_ms=self.retry_ms):
+            async for frame in timed_frames(reader.timed(interval), retry_ms=self.retry_ms):
                 yield frame.encode()
         except (*_TRANSIENT, ReaderError) as exc:
             # The store is unreachable or the hub closed (shutdown): ending the response
