@@ -16,9 +16,11 @@ a run on the run's shard channel (``RunKeys.notify``, in the run's slot), and th
   after every re-subscription: a lost pubsub connection, or a slot that moved to another node
   (the server then ends our subscriptions of that slot with ``SUNSUBSCRIBE``; we refresh the
   slot map and subscribe on the new owner);
-- asks for the status of quiet runs once per ``liveness_interval`` (``STATUS`` once per slot,
-  all in one cluster pipeline), and reads a run whose last seq id is ahead of its position:
-  the safety net for notifications lost while a connection was down.
+- asks for the status of quiet runs once per ``liveness_interval``, or when a run's stored
+  deadline comes due (``control.arun_statuses``: ``STATUS`` once per slot, all in one cluster
+  pipeline), and reads a run whose last seq id is ahead of its position: the safety net for
+  notifications lost while a connection was down. An overdue run's ending, stored by the hub
+  (``END`` publishes on the run's channel too), is read at once.
 """
 
 from __future__ import annotations
@@ -34,21 +36,20 @@ import redis.asyncio as aredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import AskError, NoScriptError, ResponseError
+from redis.exceptions import AskError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
-from . import scripts
-from .client import TRANSIENT, AsyncClient, server_url
+from .client import TRANSIENT, server_url
 from .cursor import Entry, RunStatus, id_key
 from .errors import ConfigurationError
 from .fanout import Follower
-from .wire import NOTIFY_SUFFIX, RunKeys
+from .wire import NOTIFY_SUFFIX
 
 if TYPE_CHECKING:
     from .hub import ReaderHub
 
-__all__ = ["ClusterFollower", "statuses"]
+__all__ = ["ClusterFollower"]
 
 logger = logging.getLogger(__name__)
 _BATCH = 500
@@ -57,36 +58,6 @@ _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
 
 def _stream_of(channel: str) -> str:
     return channel.removesuffix(NOTIFY_SUFFIX)
-
-
-async def statuses(client: AsyncClient, runs: list[RunKeys]) -> list[RunStatus]:
-    """The status of many runs: one ``STATUS`` call per slot, all in one cluster pipeline."""
-    groups: dict[int, list[int]] = {}
-    for index, run in enumerate(runs):
-        groups.setdefault(key_slot(run.stream.encode()), []).append(index)
-    replies = await _status_replies(client, runs, list(groups.values()))
-    found: dict[int, RunStatus] = {}
-    for indices, reply in zip(groups.values(), replies, strict=True):
-        if isinstance(reply, Exception):
-            raise reply
-        for index, item in zip(indices, reply, strict=True):
-            found[index] = RunStatus.from_reply(item)
-    return [found[index] for index in range(len(runs))]
-
-
-async def _status_replies(client: AsyncClient, runs: list[RunKeys],
-                          groups: list[list[int]]) -> list[Any]:
-    for _ in range(2):
-        async with client.pipeline(transaction=False) as pipe:
-            for indices in groups:
-                keys = [k for i in indices for k in (runs[i].meta, runs[i].lease, runs[i].stream)]
-                # redis-py's cluster pipeline has no evalsha(); the command is routed by slot.
-                pipe.execute_command("EVALSHA", scripts.STATUS.sha, len(keys), *keys)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-        if not any(isinstance(reply, NoScriptError) for reply in replies):
-            break
-        await client.script_load(scripts.STATUS.source)  # on every primary
-    return replies
 
 
 def node_url(url: str, host: str, port: int) -> str:

@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from redis.crc import key_slot
 from redis.exceptions import NoPermissionError, NoScriptError, ReadOnlyError, ResponseError
 
 from . import scripts
@@ -48,7 +49,11 @@ __all__ = [
 
 When = Literal["due", "not_live", "always"]
 _WHEN = ("due", "not_live", "always")
+#: How servers word a refused write: redis-py maps the first two to NoPermissionError and
+#: ReadOnlyError, but an ACL refusal inside a script arrives as "ACL failure in script".
 _REFUSALS = ("NOPERM", "ACL failure", "READONLY", "No permissions")
+#: Runs per ``STATUS`` call (keys: three per run).
+_STATUS_BATCH = 300
 
 
 def ending_refused(exc: Exception) -> bool:
@@ -57,9 +62,6 @@ def ending_refused(exc: Exception) -> bool:
     if isinstance(exc, NoPermissionError | ReadOnlyError):
         return True
     return isinstance(exc, ResponseError) and any(word in str(exc) for word in _REFUSALS)
-
-#: Runs per ``STATUS`` call (keys: three per run).
-_STATUS_BATCH = 300
 
 
 def _keys(run_id: str, settings: Settings) -> RunKeys:
@@ -139,39 +141,66 @@ async def arun_status(client: AsyncClient, run_id: str, settings: Settings) -> R
     return RunStatus.from_reply(reply[0])
 
 
-def _status_groups(runs: Sequence[str], settings: Settings) -> list[list[str]]:
-    """Runs grouped for one ``STATUS`` call each: batches on one server, one run in a cluster
-    (a script's keys must share a slot)."""
-    size = 1 if settings.cluster else _STATUS_BATCH
-    return [list(runs[i:i + size]) for i in range(0, len(runs), size)]
+def _status_groups(run_ids: Sequence[str], settings: Settings) -> list[list[int]]:
+    """Indices of ``run_ids`` grouped for one ``STATUS`` call each: up to ``_STATUS_BATCH``
+    runs, of one slot in a cluster (a script's keys must share a slot)."""
+    slots: dict[int, list[int]] = {}
+    for index, run_id in enumerate(run_ids):
+        slot = key_slot(_keys(run_id, settings).stream.encode()) if settings.cluster else 0
+        slots.setdefault(slot, []).append(index)
+    return [same[i:i + _STATUS_BATCH] for same in slots.values()
+            for i in range(0, len(same), _STATUS_BATCH)]
 
 
-def _status_keys(group: list[str], settings: Settings) -> list[str]:
-    keys = [_keys(run_id, settings) for run_id in group]
-    return [k for run in keys for k in (run.meta, run.lease, run.stream)]
+def _queue_statuses(pipe: Any, run_ids: Sequence[str], groups: list[list[int]],
+                    settings: Settings, by_sha: bool) -> None:
+    command, script = ("EVALSHA", scripts.STATUS.sha) if by_sha else ("EVAL", scripts.STATUS.source)
+    for group in groups:
+        runs = [_keys(run_ids[i], settings) for i in group]
+        keys = [k for run in runs for k in (run.meta, run.lease, run.stream)]
+        # execute_command: a cluster pipeline has no evalsha(), yet routes it by its keys
+        pipe.execute_command(command, script, len(keys), *keys)
+
+
+def _in_order(run_ids: Sequence[str], groups: list[list[int]],
+              replies: list[Any]) -> list[RunStatus] | None:
+    """The statuses in the order of ``run_ids``; None if a node did not know the script."""
+    found: list[RunStatus | None] = [None] * len(run_ids)
+    for group, reply in zip(groups, replies, strict=True):
+        if isinstance(reply, NoScriptError):
+            return None
+        if isinstance(reply, Exception):
+            raise reply
+        for index, item in zip(group, reply, strict=True):
+            found[index] = RunStatus.from_reply(item)
+    return [status for status in found if status is not None]
 
 
 def run_statuses(client: SyncClient, run_ids: Sequence[str],
                  settings: Settings) -> list[RunStatus]:
-    """The status of many runs, in as few calls as the store allows (one pipeline)."""
+    """The status of many runs, in order: one pipeline of ``STATUS`` calls (one per batch of
+    runs, per slot in a cluster). A node that does not know the script yet gets its source
+    (``EVAL`` caches it there): that needs no ``SCRIPT LOAD`` permission."""
     groups = _status_groups(run_ids, settings)
-    with client.pipeline(transaction=False) as pipe:
-        for group in groups:
-            keys = _status_keys(group, settings)
-            pipe.execute_command("EVAL", scripts.STATUS.source, len(keys), *keys)
-        replies: list[Any] = pipe.execute()
-    return [RunStatus.from_reply(item) for reply in replies for item in reply]
+    for by_sha in (True, False):
+        with client.pipeline(transaction=False) as pipe:
+            _queue_statuses(pipe, run_ids, groups, settings, by_sha)
+            statuses = _in_order(run_ids, groups, pipe.execute(raise_on_error=False))
+        if statuses is not None:
+            return statuses
+    raise NoScriptError("the STATUS script is unknown to the server after EVAL")
 
 
 async def arun_statuses(client: AsyncClient, run_ids: Sequence[str],
                         settings: Settings) -> list[RunStatus]:
     groups = _status_groups(run_ids, settings)
-    async with client.pipeline(transaction=False) as pipe:
-        for group in groups:
-            keys = _status_keys(group, settings)
-            pipe.execute_command("EVAL", scripts.STATUS.source, len(keys), *keys)
-        replies: list[Any] = await pipe.execute()
-    return [RunStatus.from_reply(item) for reply in replies for item in reply]
+    for by_sha in (True, False):
+        async with client.pipeline(transaction=False) as pipe:
+            _queue_statuses(pipe, run_ids, groups, settings, by_sha)
+            statuses = _in_order(run_ids, groups, await pipe.execute(raise_on_error=False))
+        if statuses is not None:
+            return statuses
+    raise NoScriptError("the STATUS script is unknown to the server after EVAL")
 
 
 # -- endings ----------------------------------------------------------------------------------

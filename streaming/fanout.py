@@ -209,8 +209,10 @@ class Follower:
         """Check the runs whose check is due: one status command for many runs; an overdue
         run's ending is stored, then read like any entry."""
         now = time.monotonic()
-        due = [key for key, at in self.check_at.items() if at <= now]
         longest = self.hub.settings.liveness_interval
+        # Runs due within half an interval are checked now too: readers joining over time
+        # then share one status command per interval instead of one each.
+        due = [key for key, at in self.check_at.items() if at <= now + longest / 2]
         for key in due:  # checked again after this unless the check says sooner
             self.check_at[key] = now + longest
         for start in range(0, len(due), _STATUS_KEYS):

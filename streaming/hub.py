@@ -4,7 +4,9 @@ A ``ReaderHub`` lives on one event loop. Each reader first catches up on its own
 ``XREAD`` from its cursor, no blocking), then joins the hub, whose connections each run one
 ``XREAD BLOCK`` over every followed stream and fan the entries out in-process. A waiting reader
 costs no command of its own: one blocking read per ``block_timeout`` serves them all, and one
-``STATUS`` call per ``liveness_interval`` checks every quiet run's producer at once. When a
+``STATUS`` call per ``liveness_interval`` checks every quiet run's producer at once (a run whose
+stored deadline comes due sooner is checked then); an overdue run's ending is stored by the hub
+(the guarded ``END`` script) and read like any entry. When a
 reader joins, the hub interrupts its blocking read with ``CLIENT UNBLOCK`` so the new stream
 is followed at once. A reader that falls ``reader_queue`` entries behind is detached and
 catches up on its own again, so one slow client never holds the others back
@@ -21,10 +23,10 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 from redis.retry import Retry
 
-from . import cluster, control, scripts
+from . import cluster, control
 from .client import TRANSIENT, AsyncClient, async_client
 from .cursor import NOT_A_RUN, Entry, RunCursor, RunStatus, wrong_type, xread_reply
 from .errors import ReaderError, StreamGoneError
@@ -135,7 +137,12 @@ class ReaderHub:
 
     ``connections`` blocking connections split the followed streams between them (on a single
     server; in a cluster the hub holds one pubsub connection per primary instead).
-    ``client`` (default: built from ``settings``) runs the non-blocking commands.
+    ``client`` (default: built from ``settings``) runs the non-blocking commands, and stores
+    the ending of a run that is overdue by its stored times. A client that may not write (an
+    ACL without write commands, a read-only replica) is refused that write: only then do its
+    readers make the ending up (no ``id:``; the same kind and message). Deadlines need the
+    server's clock: a client that may not run ``TIME`` leaves overdue runs to the workers'
+    sweeps.
     """
 
     def __init__(self, settings: Settings, *, client: AsyncClient | None = None,
@@ -199,14 +206,8 @@ class ReaderHub:
     async def statuses(self, runs: list[RunKeys]) -> list[RunStatus]:
         """Status of many runs in one command (in a cluster: one per slot, in one pipeline)."""
         async with self._gate:
-            if self.settings.cluster:
-                return await cluster.statuses(self.client, runs)
-            keys = [k for run in runs for k in (run.meta, run.lease, run.stream)]
-            try:
-                reply = await self.client.evalsha(scripts.STATUS.sha, len(keys), *keys)
-            except NoScriptError:
-                reply = await self.client.eval(scripts.STATUS.source, len(keys), *keys)
-        return [RunStatus.from_reply(item) for item in reply]
+            return await control.arun_statuses(self.client, [r.run_id for r in runs],
+                                               self.settings)
 
     async def end_overdue(self, run: RunKeys) -> Terminal | None:
         """Store the ending of an overdue run (``control.aend_if_overdue``); its ending after

@@ -713,8 +713,8 @@ class RunWriter:
         """Give the run up without ending it, so that another writer can take it at once.
 
         Flushes what this handle accepted (up to ``timeout`` s), then drops the lease. A retry
-        claims the run with no wait; if nobody does, readers end it ``lost`` after
-        ``producer_timeout``.
+        claims the run with no wait; if nobody does within ``producer_timeout`` (counted from
+        the release), the run gets a stored ``lost`` ending (a sweep's or a reader's).
         """
         with contextlib.suppress(WriterError):
             self.flush(timeout)

@@ -21,7 +21,7 @@ from streaming.control import (
     run_status,
     sweep,
 )
-from streaming.wire import RUN_INDEX
+from streaming.wire import RUN_INDEX, RunKeys
 from tests.waiting import wait_for
 
 
@@ -30,6 +30,10 @@ def client(settings):
     client = sync_client(settings, reader=True)
     yield client
     client.close()
+
+
+def keys(run_id, settings):
+    return RunKeys.for_run(run_id, hash_tag=settings.cluster_hash_tags)
 
 
 def server_ms(client):
@@ -144,13 +148,13 @@ def test_the_guarded_ending_never_ends_a_run_with_a_live_lease(writer, client, s
     run.send("after the ending")
     with pytest.raises(RunClosedError):
         run.flush()
-    stored = client.xrange(f"sse:run:{run_id}")
+    stored = client.xrange(keys(run_id, settings).stream)
     assert [f["seq_id"] for _, f in stored] == ["1", "2", "3"]
     assert stored[-1][0] == "0-3" and stored[-1][1]["complete"] == "true"
     assert "stopped by an operator" in stored[-1][1]["data"]
     # the ending is final: asking again changes nothing
     assert end_run(client, run_id, settings, Terminal.LOST, when="always") is Terminal.ERROR
-    assert len(client.xrange(f"sse:run:{run_id}")) == 3
+    assert len(client.xrange(keys(run_id, settings).stream)) == 3
 
 
 def test_a_quiet_writer_learns_of_the_ending_on_its_next_lease_refresh(writer, client, settings,
@@ -162,8 +166,8 @@ def test_a_quiet_writer_learns_of_the_ending_on_its_next_lease_refresh(writer, c
     wait_for(lambda: run._run.error is not None, 10 * settings.lease_ttl, "refresh refused")
     with pytest.raises(RunClosedError):
         run.send("y")
-    assert not client.exists(f"sse:run:{run_id}:lease")  # not renewed for the ended run
-    assert client.ttl(f"sse:run:{run_id}:meta") <= settings.retention
+    assert not client.exists(keys(run_id, settings).lease)  # not renewed for the ended run
+    assert client.ttl(keys(run_id, settings).meta) <= settings.retention
 
 
 def test_the_guarded_ending_waits_for_the_requeue_grace(writer, client, settings, run_id):
@@ -220,7 +224,7 @@ def test_a_stalled_producer_that_comes_back_writes_nothing(producer, client, set
     events = list(read_events(client, run_id, settings))
     assert events[-1].seq == 4 and events[-1].terminal is Terminal.LOST
     assert proc.resume_and_write() == "refused RunClosedError"
-    stored = client.xrange(f"sse:run:{run_id}")
+    stored = client.xrange(keys(run_id, settings).stream)
     assert len(stored) == 4 and stored[-1][1]["data"] == events[-1].frame
     assert run_status(client, run_id, settings).terminal is Terminal.LOST
 
@@ -264,6 +268,30 @@ async def test_a_reader_reconnecting_often_learns_lost_as_soon_as_a_holding_one(
     assert [e.seq for e in hopped] == [1, 2, 3, 4]
     bound = settings.lease_ttl + settings.producer_timeout + 5  # generous: a shared CPU
     assert held_at - killed < bound and hopped_at - killed < bound
+
+
+@pytest.mark.fault
+async def test_a_reader_joining_brings_a_followed_runs_check_forward(settings, run_id):
+    """The hub was blocked until its next regular check (30 s away); a reader that opens on
+    the run after its producer left knows the run's stored deadline and cuts that wait."""
+    # a live run's first check: when its lease (10 s) plus the grace (2 s) could be over
+    slow_checks = settings.replace(liveness_interval=30, block_timeout=30, lease_ttl=10)
+    writer = StreamWriter(slow_checks).start()
+    try:
+        run = await asyncio.to_thread(writer.open, run_id)
+        run.send("x")
+        await run.aflush()
+        async with ReaderHub(slow_checks) as hub:
+            first = asyncio.create_task(holding_reader(hub, run_id))
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(run.release)  # the grace starts now, not in 10 s
+            left = time.monotonic()
+            second = asyncio.create_task(holding_reader(hub, run_id))
+            (one, one_at), (two, _) = await asyncio.wait_for(asyncio.gather(first, second), 30)
+    finally:
+        writer.stop()
+    assert one[-1] == two[-1] and one[-1].seq == 2 and one[-1].terminal is Terminal.LOST
+    assert one_at - left < settings.producer_timeout + 4  # not at the first reader's 12 s
 
 
 @pytest.mark.fault

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streaming import InvalidCursor, Terminal, read_events, run_status
+from streaming import InvalidCursor, Terminal, end_run, read_events, run_status
 from streaming.client import sync_client
 from tests.conftest import require
 
@@ -96,3 +96,18 @@ def test_the_seeds_reader_stops_at_our_error_and_cancel_endings(seed, writer, re
         run.finish(kind, "stopped")
         frames = asyncio.run(seed_read(seed, redis_url, f"{run_id}-{suffix}"))
         assert frames[0] == "data: x\n\n" and frames[1].startswith(f"event: {kind.value}\n")
+
+
+def test_the_seeds_reader_stops_at_a_stored_lost_ending(seed, writer, settings, redis_url,
+                                                          run_id):
+    """An ending the project decides (the guarded END script) is an entry like any other: the
+    seed's reader, which waits forever on a dead producer, stops at it."""
+    run = writer.open(run_id)
+    run.send("x")
+    run.release()
+    client = sync_client(settings)
+    assert end_run(client, run_id, settings, Terminal.LOST, "producer gone",
+                   when="not_live") is Terminal.LOST
+    frames = asyncio.run(seed_read(seed, redis_url, run_id))
+    assert frames[0] == "data: x\n\n" and frames[1].startswith("event: error\n")
+    assert '"kind": "lost"' in frames[1] and len(frames) == 2

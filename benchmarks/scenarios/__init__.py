@@ -10,7 +10,7 @@ import importlib
 __all__ = ["load_all"]
 
 MODULES = ("latency", "throughput", "write_cost", "idle_readers", "fanout", "shared_run",
-           "memory", "first_chunk", "end_to_end", "web_clients")
+           "memory", "ending_bound", "first_chunk", "end_to_end", "web_clients")
 
 
 def load_all() -> None:

@@ -13,7 +13,7 @@ import redis.asyncio as aredis
 from streaming import hub as hub_module
 from streaming.client import sync_client
 from streaming.settings import Settings
-from streaming.wire import RunKeys
+from streaming.wire import RUN_INDEX, RunKeys
 from streaming.writer import RunWriter, StreamWriter
 
 from .. import seed as seed_loader
@@ -106,7 +106,9 @@ def seed_client(seed: Any, url: str) -> Any:
 
 
 def cleanup(url: str, scenario: str) -> None:
-    """Delete the keys this harness wrote for ``scenario`` (all runs, both sides)."""
+    """Delete the keys this harness wrote for ``scenario`` (all runs, both sides), and take
+    its runs out of the run index."""
+    _unindex(url, scenario)
     if Settings(redis_url=url).cluster:
         _cleanup_cluster(url, scenario)
         return
@@ -120,6 +122,19 @@ def cleanup(url: str, scenario: str) -> None:
                 batch.clear()
         if batch:
             client.delete(*batch)
+    except redis.ConnectionError:
+        pass
+    finally:
+        client.close()
+
+
+def _unindex(url: str, scenario: str) -> None:
+    client = sync_client(Settings(redis_url=url))
+    try:
+        ours = [m for m, _ in client.zscan_iter(RUN_INDEX, match=f"bench-{scenario}-*",
+                                                 count=1000)]
+        for start in range(0, len(ours), 1000):
+            client.zrem(RUN_INDEX, *ours[start:start + 1000])
     except redis.ConnectionError:
         pass
     finally:

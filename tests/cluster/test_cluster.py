@@ -15,9 +15,10 @@ import redis.cluster
 
 from streaming import ReaderHub, StreamWriter, Terminal, mark_pending, read_events
 from streaming.client import async_client, server_url, sync_client
+from streaming.control import alist_runs, asweep, list_runs, sweep
 from streaming.errors import ConfigurationError
 from streaming.settings import Settings
-from streaming.wire import RunKeys
+from streaming.wire import RUN_INDEX, RunKeys
 from tests.proxy import Proxy
 from worker.config import WorkerConfig
 
@@ -355,3 +356,39 @@ async def test_a_node_that_stops_answering_delays_runs_but_loses_nothing(cluster
     for events in results:
         assert [e.seq for e in events] == list(range(1, 302))
         assert [e.data for e in events[:-1]] == [str(i) for i in range(300)]
+
+
+# -- the run index and the sweep across nodes ---------------------------------------------------
+
+
+def overdue_queued_runs(cluster, redis_client, settings, prefix):
+    """One queued run per node, queued longer ago than the queue deadline."""
+    runs = [run_on(cluster, redis_client, index, prefix) for index in range(3)]
+    for run_id in runs:
+        mark_pending(redis_client, run_id, settings)
+        seconds, micros = redis_client.get_node_from_key(keys_of(run_id).meta).redis_connection \
+            .time()
+        long_ago = seconds * 1000 + micros // 1000 - int(settings.queue_timeout * 1000) - 1000
+        redis_client.hset(keys_of(run_id).meta, "queued", long_ago)
+    return runs
+
+
+async def test_the_sweep_ends_overdue_runs_on_every_node(cluster, settings, redis_client):
+    """The index lives in its own slot; each run's ending is its own guarded script."""
+    runs = overdue_queued_runs(cluster, redis_client, settings, "swept")
+    listed = dict(list_runs(redis_client, settings, limit=100_000))
+    assert all(listed[r].state == "pending" for r in runs)
+    ended = sweep(redis_client, settings)
+    assert {r: ended.get(r) for r in runs} == dict.fromkeys(runs, Terminal.TIMEOUT)
+    assert [redis_client.zscore(RUN_INDEX, r) for r in runs] == [None] * 3
+    events = list(read_events(sync_client(settings, reader=True), runs[0], settings))
+    assert [e.seq for e in events] == [1] and events[0].terminal is Terminal.TIMEOUT
+
+    more = overdue_queued_runs(cluster, redis_client, settings, "aswept")
+    client = async_client(settings)
+    try:
+        ended = await asweep(client, settings)
+        assert {r: ended.get(r) for r in more} == dict.fromkeys(more, Terminal.TIMEOUT)
+        assert not [r for r, _ in await alist_runs(client, settings, limit=100_000) if r in more]
+    finally:
+        await client.aclose()
