@@ -18,10 +18,11 @@ collection walks them; reference counting still frees them as usual):
   readers joined since the last freeze: the objects of connections that are established stay
   out of every collection, and the collector only walks what was made since. Frozen objects
   that later become unreachable cycles (a closed connection's task and coroutine) are not
-  collected while frozen: when the frozen set has grown by ``growth`` (1.0: doubled) since
-  the last sweep, the pacer unfreezes, collects once and freezes again. That bounds the
-  memory held by frozen garbage to the size of the live set, at the price of one full pause
-  per doubling (or per turnover of every client).
+  collected while frozen: once ``growth`` (1.0: all) of the readers there were at the last
+  sweep have left since (at least 1,000), the pacer unfreezes, collects once and freezes
+  again. That bounds the memory held by frozen garbage to about the size of the live set, at
+  the price of one full pause per turnover of the clients; readers joining alone (a process
+  filling up) never cause one.
 - ``"startup"``: freeze once, after start-up (the imports and the app), nothing after.
 - ``"thresholds"``: no freezing; young collections 70 times rarer (threshold 50,000).
 - ``"off"``: CPython's defaults.
@@ -47,31 +48,30 @@ logger = logging.getLogger(__name__)
 MODES = ("joins", "startup", "thresholds", "off")
 #: The young generation's threshold in ``"thresholds"`` mode (CPython's default is 700).
 YOUNG_THRESHOLD = 50_000
-#: Below this many frozen objects no sweep is worth its pause.
-_SWEEP_FLOOR = 100_000
-#: Joins between two looks at the frozen set's size (``gc.get_freeze_count()`` walks it).
-_LOOK_EVERY = 1000
+#: Fewer readers than this leaving leave too little frozen garbage to be worth a sweep.
+_SWEEP_FLOOR = 1000
 
 
 class GcPacer:
     """Applies one of ``MODES`` to this process's collector while it runs (see the module).
 
-    ``joins()`` counts the readers that joined so far (``ReaderHub.joins``).
+    ``joins()`` counts the readers that joined so far and ``readers()`` those reading now
+    (``ReaderHub.joins``, ``ReaderHub.readers``): their difference tells how many left.
     """
 
-    def __init__(self, mode: str, joins: Callable[[], int], *, interval: float = 1.0,
-                 growth: float = 1.0) -> None:
+    def __init__(self, mode: str, joins: Callable[[], int], readers: Callable[[], int], *,
+                 interval: float = 1.0, growth: float = 1.0) -> None:
         if mode not in MODES:
             raise ConfigurationError(f"gc mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode = mode
         self.joins = joins
+        self.readers = readers
         self.interval = interval
         self.growth = growth
         self.sweeps = 0
         self.freezes = 0
         self._seen = 0
-        self._looked = 0
-        self._baseline = 0
+        self._swept = (0, 0)  # (joins, readers) at the last sweep
         self._thresholds: tuple[int, int, int] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -83,7 +83,6 @@ class GcPacer:
         if self.mode in ("startup", "joins"):
             gc.collect()
             self._freeze()
-            self._baseline = gc.get_freeze_count()
             if self.mode == "joins":
                 self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -106,24 +105,22 @@ class GcPacer:
             self.tick()
 
     def tick(self) -> None:
-        """Freeze if readers joined since the last tick; sweep if the frozen set grew enough."""
+        """Freeze if readers joined since the last tick; sweep once enough readers left."""
         joined = self.joins()
         if joined == self._seen:
             return
         self._seen = joined
         self._freeze()
-        if joined - self._looked < _LOOK_EVERY:
-            return
-        self._looked = joined
-        frozen = gc.get_freeze_count()
-        if frozen > max(self._baseline * (1 + self.growth), _SWEEP_FLOOR):
+        joins, readers = self._swept
+        now = self.readers()
+        left = (joined - joins) - (now - readers)
+        if left >= max(self.growth * readers, _SWEEP_FLOOR):
             gc.unfreeze()
             gc.collect()
             self._freeze()
-            self._baseline = gc.get_freeze_count()
+            self._swept = (joined, now)
             self.sweeps += 1
-            logger.debug("gc pacer: swept %d frozen objects down to %d", frozen,
-                         self._baseline)
+            logger.debug("gc pacer: swept after %d readers left", left)
 
     def _freeze(self) -> None:
         gc.freeze()

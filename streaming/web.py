@@ -127,7 +127,8 @@ class StreamEndpoints:
         self._hub = hub
         self._own_hub = hub is None
         #: The garbage collector's pacing while the lifespan runs (raises on a bad mode now).
-        self.gc = GcPacer(settings.gc_mode, lambda: self._hub.joins if self._hub else 0)
+        self.gc = GcPacer(settings.gc_mode, lambda: self._hub.joins if self._hub else 0,
+                          lambda: self._hub.readers if self._hub else 0)
 
     @property
     def routes(self) -> list[BaseRoute]:

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from streaming import gcpolicy
 from streaming.errors import ConfigurationError
 from streaming.gcpolicy import YOUNG_THRESHOLD, GcPacer
 from streaming.settings import Settings
@@ -29,11 +28,17 @@ def collector() -> Iterator[None]:
 
 
 class Joins:
+    """A hub's counts: readers that joined so far, and those reading now."""
+
     def __init__(self) -> None:
         self.count = 0
+        self.now = 0
 
     def __call__(self) -> int:
         return self.count
+
+    def readers(self) -> int:
+        return self.now
 
 
 def cycles(n: int) -> list[list[object]]:
@@ -53,7 +58,7 @@ def test_a_bad_mode_is_refused_when_the_endpoints_are_made() -> None:
 
 async def test_joins_mode_freezes_after_start_up_and_after_joins_only() -> None:
     joins = Joins()
-    pacer = GcPacer("joins", joins, interval=3600)
+    pacer = GcPacer("joins", joins, joins.readers, interval=3600)
     pacer.start()
     try:
         assert gc.get_threshold()[0] == YOUNG_THRESHOLD
@@ -72,20 +77,23 @@ async def test_joins_mode_freezes_after_start_up_and_after_joins_only() -> None:
     assert gc.get_threshold()[0] != YOUNG_THRESHOLD
 
 
-async def test_frozen_garbage_is_swept_once_the_frozen_set_doubled(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gcpolicy, "_SWEEP_FLOOR", 1000)
+async def test_frozen_garbage_is_swept_once_the_readers_turned_over() -> None:
     joins = Joins()
-    pacer = GcPacer("joins", joins, interval=3600)
+    pacer = GcPacer("joins", joins, joins.readers, interval=3600)
     pacer.start()
     try:
         baseline = gc.get_freeze_count()
-        garbage = cycles(baseline)  # twice the frozen set: 2 objects per cycle
-        joins.count += 1
-        pacer.tick()  # frozen now, garbage once the references go
-        del garbage
+        joins.count = joins.now = 2000  # a process filling up: frozen, never swept
+        garbage = cycles(baseline)
+        pacer.tick()
         assert pacer.sweeps == 0
-        joins.count += gcpolicy._LOOK_EVERY
+        del garbage  # frozen cycles: garbage the collector does not see
+        joins.count += 999  # 999 readers came and went: under the floor of 1,000
+        pacer.tick()
+        assert pacer.sweeps == 0
+        assert gc.get_freeze_count() >= 3 * baseline
+        joins.count += 1
+        joins.now -= 1  # one more left
         pacer.tick()
         assert pacer.sweeps == 1
         assert gc.get_freeze_count() < 2 * baseline
@@ -95,7 +103,7 @@ async def test_frozen_garbage_is_swept_once_the_frozen_set_doubled(
 
 async def test_startup_mode_freezes_once(settings: Settings) -> None:
     joins = Joins()
-    pacer = GcPacer("startup", joins)
+    pacer = GcPacer("startup", joins, joins.readers)
     pacer.start()
     frozen = gc.get_freeze_count()
     joins.count += 1
