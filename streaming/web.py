@@ -20,7 +20,8 @@ a run exists: by default a read token (``streaming.tokens``) in ``?token=`` or `
 Bearer``, or any ``auth(request, run_id)`` hook of the host app. Bad run ids and cursors get
 400 with a JSON error saying which input was wrong.
 
-The response is sse-starlette's ``EventSourceResponse`` fed with ``sse_frames`` bytes: bytes
+The response is sse-starlette's ``EventSourceResponse`` fed with ``timed_frames`` bytes (the
+hub reader marks its own silences, so a ping costs no task per event): bytes
 pass through as they are (stored frames, ``id:`` lines, our silence-based pings; its own
 fixed-timer ping is off), and it races the stream against the client's disconnect and the
 server's shutdown on every ASGI server. Starlette's ``StreamingResponse`` stops listening
