@@ -29,6 +29,7 @@ from redis.retry import Retry
 from . import cluster, control
 from .client import TRANSIENT, AsyncClient, async_client
 from .cursor import NOT_A_RUN, Entry, RunCursor, RunStatus, wrong_type, xread_reply
+from .doorbell import DoorbellFollower
 from .errors import ReaderError, StreamGoneError
 from .fanout import Follower, Sub
 from .settings import Settings
@@ -42,6 +43,9 @@ _BATCH = 500
 #: a burst of new readers waits its turn on these instead of opening one connection each.
 _POOL = 16
 _TRANSIENT = TRANSIENT
+#: States of a run the store knows (meta written by our writer or ``mark_pending``): our
+#: writers ring its doorbell. A run without them (the seed's) is followed by blocking reads.
+_RINGING = frozenset({"pending", "live", "idle"})
 
 
 class _Shard(Follower):
@@ -151,7 +155,9 @@ class ReaderHub:
         self._own_client = client is None
         self.client = client or async_client(settings, reader=True, max_connections=_POOL)
         self._connections = connections
-        self._shards: list[Follower] = []
+        self._shards: list[Follower] = []  # every follower
+        self._blocking: list[Follower] = []  # the blocking XREAD ones (single server)
+        self._doorbell: Follower | None = None  # runs our writers ring (single server)
         self.readers = 0
         #: Readers that started reading so far (``streaming.gcpolicy`` freezes after joins).
         self.joins = 0
@@ -165,7 +171,11 @@ class ReaderHub:
         if self.settings.cluster:
             self._shards = [cluster.ClusterFollower(self)]
         else:
-            self._shards = [_Shard(self, i) for i in range(self._connections)]
+            self._blocking = [_Shard(self, i) for i in range(self._connections)]
+            self._shards = list(self._blocking)
+            if self.settings.doorbell:
+                self._doorbell = DoorbellFollower(self)
+                self._shards.append(self._doorbell)
         for shard in self._shards:
             shard.task = asyncio.get_running_loop().create_task(shard.run())
         return self
@@ -174,7 +184,7 @@ class ReaderHub:
         """Stop the shared reads (readers still iterating end with the hub's error)."""
         for shard in self._shards:
             await shard.close(timeout)
-        self._shards = []
+        self._shards, self._blocking, self._doorbell = [], [], None
         if self._own_client:
             await self.client.aclose()
 
@@ -200,8 +210,14 @@ class ReaderHub:
             "blocking_reads": sum(s.reads for s in self._shards),
         }
 
-    def _shard(self, key: str) -> Follower:
-        return self._shards[hash(key) % len(self._shards)]
+    def _shard(self, key: str, rings: bool = False) -> Follower:
+        """The follower of ``key``: in a cluster the one there is; on one server the doorbell
+        one for a run our writers ring (``rings``), else a blocking one."""
+        if self.settings.cluster:
+            return self._shards[0]
+        if rings and self._doorbell is not None:
+            return self._doorbell
+        return self._blocking[hash(key) % len(self._blocking)]
 
     async def statuses(self, runs: list[RunKeys]) -> list[RunStatus]:
         """Status of many runs in one command (in a cluster: one per slot, in one pipeline)."""
@@ -234,6 +250,7 @@ class HubReader:
         self.cursor = cursor
         self._start: list[Event] | None = None
         self._check_in: float | None = None
+        self._rings = False  # our writers announce its entries (streaming.doorbell)
 
     @property
     def terminal(self) -> Terminal | None:
@@ -260,6 +277,7 @@ class HubReader:
             status = (await self.hub.statuses([cursor.keys]))[0]
             self._start = cursor.check_start(status)
             self._check_in = cursor.next_check(status, self.hub.settings.liveness_interval)
+            self._rings = status.state in _RINGING
             if cursor.overdue(status):
                 try:  # stored here, then read like any entry
                     await self.hub.end_overdue(cursor.keys)
@@ -315,7 +333,7 @@ class HubReader:
 
     async def _follow(self, idle: float | None) -> AsyncIterator[Event | None]:
         cursor = self.cursor
-        shard = self.hub._shard(cursor.keys.stream)
+        shard = self.hub._shard(cursor.keys.stream, self._rings)
         sub = Sub(cursor, cursor.last_id)
         shard.add(sub, self._check_in)
         loop = asyncio.get_running_loop()

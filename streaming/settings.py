@@ -99,6 +99,11 @@ class Settings:
     token_secret: str | None = dataclasses.field(default=None, repr=False)
     #: Lifetime of the read tokens a host app issues (``streaming.tokens.issue_token``).
     token_ttl: float = 24 * 3600
+    #: Writers (``APPEND``, the guarded ``END``) publish each run's new last seq on its shard
+    #: channel, and a single server's hubs read only the runs that rang
+    #: (``streaming.doorbell``). Off: hubs block on one ``XREAD`` over every followed run
+    #: (servers before Redis 7, which have no shard channels). Always on in a cluster.
+    doorbell: bool = True
     #: What the web endpoints' lifespan does with the garbage collector of their process
     #: (``streaming.gcpolicy``): ``joins`` (freeze after start-up and after readers join),
     #: ``startup``, ``thresholds`` or ``off``.

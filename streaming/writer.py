@@ -449,7 +449,7 @@ class StreamWriter:
     def _append_args(self, run: _Run, chunks: list[tuple[int, str, int]], ends: bool) -> list[Any]:
         keys = run.keys
         ending = run.ending.value if ends and run.ending else ""
-        notify = keys.notify if self.settings.cluster else ""
+        notify = keys.notify if self.settings.cluster or self.settings.doorbell else ""
         return [keys.stream, keys.meta, keys.lease, run.token, self._lease_ms(), self._ttl(),
                 self.settings.retention, self.settings.max_stream_length, chunks[0][0], ending,
                 chunks[-1][2], notify, run.output_from, *(frame for _, frame, _ in chunks)]
