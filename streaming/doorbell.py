@@ -2,24 +2,25 @@
 
 A hub that blocks on one ``XREAD`` over every followed stream sends every followed key again
 each time any of them gets an entry: with thousands of quiet runs followed, that is the cost
-of every round, on the client and on the server. Instead our writer's ``APPEND`` (and the
-guarded ``END``) publish the run's new last seq on its shard channel (``RunKeys.notify``,
-``SPUBLISH``, as in a cluster), and the ``DoorbellFollower``:
+of every round, on the client and on the server. Instead, after each flush our writer
+publishes the stream keys it wrote to on one channel (``wire.DOORBELL``: one message per
+flush, whatever the number of runs in it), the guarded ``END`` publishes a run's new last seq
+on the run's shard channel (``RunKeys.notify``), and the ``DoorbellFollower``:
 
-- subscribes (``SSUBSCRIBE``) to the channel of each followed run, on one pubsub connection;
-- on a notification marks the run, and reads the marked runs together in one non-blocking
-  ``XREAD`` from their positions (through the hub's shared client), handing the entries to
-  the runs' readers (``streaming.fanout``): a round costs the runs that changed;
-- reads a run when it is first followed and again when its subscription is confirmed, which
+- subscribes to the doorbell channel and (``SSUBSCRIBE``) to the channel of each followed run,
+  on one pubsub connection;
+- on a message marks the followed runs it names, and reads the marked runs together in one
+  non-blocking ``XREAD`` from their positions (through the hub's shared client), handing the
+  entries to the runs' readers (``streaming.fanout``): a round costs the runs that changed;
+- reads a run when it is first followed and again when a subscription is confirmed, which
   closes the race between a reader's catch-up and the subscription; after a lost pubsub
   connection it subscribes everything again and reads every followed run once;
 - checks quiet runs' status once per ``liveness_interval`` like any follower, and reads a run
-  whose last seq is ahead of its position: the safety net for a notification lost anyway.
+  whose last seq is ahead of its position: the safety net for a message lost anyway.
 
 Only runs our writer rings follow this way (a run the store knows: pending, live or idle); a
 run written by another writer (the seed's, which publishes nothing) is followed by the hub's
-blocking ``XREAD`` instead (``streaming.hub``). ``settings.doorbell`` turns this off, for a
-server without shard channels (before Redis 7).
+blocking ``XREAD`` instead (``streaming.hub``). ``settings.doorbell`` turns this off.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from redis.retry import Retry
 from .client import TRANSIENT, async_client
 from .cursor import RunStatus, id_key, xread_reply
 from .fanout import Follower
-from .wire import NOTIFY_SUFFIX
+from .wire import DOORBELL, NOTIFY_SUFFIX
 
 if TYPE_CHECKING:
     from .hub import ReaderHub
@@ -62,6 +63,7 @@ class DoorbellFollower(Follower):
         self.unsubscribe: dict[str, None] = {}  # channels to unsubscribe from
         self.channels: set[str] = set()  # subscribed (or being subscribed)
         self.notifications = 0
+        self._doorbell = True  # the doorbell channel is to be subscribed to
         self._listener: asyncio.Task[None] | None = None
 
     # -- events (readers joining and leaving, notifications) --------------------------------
@@ -103,12 +105,28 @@ class DoorbellFollower(Follower):
         if key in self.pos:
             self._mark(key)
 
+    def _rang(self, data: str) -> None:
+        """A writer's flush: the stream keys it wrote to."""
+        self.notifications += 1
+        pos = self.pos
+        for key in data.split(" "):
+            if key in pos:
+                self.dirty[key] = None
+        if self.dirty:
+            self.changed.set()
+
+    def _listening(self) -> None:
+        """The doorbell channel's subscription is confirmed: read what rang before it."""
+        for key in self.pos:
+            self.dirty[key] = None
+        self.changed.set()
+
     # -- the follower's task ----------------------------------------------------------------
 
     async def run(self) -> None:
         delay = _BACKOFF_MIN
         while not self.closed:
-            if not (self.dirty or self.subscribe or self.unsubscribe):
+            if not (self.dirty or self.subscribe or self.unsubscribe or self._doorbell):
                 self.changed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), max(self.next_check_in(), 0.0))
@@ -126,6 +144,10 @@ class DoorbellFollower(Follower):
                 await self._check_quiet_runs()
 
     async def _subscriptions(self) -> None:
+        if self._doorbell:
+            self._doorbell = False
+            await self.pubsub.subscribe(DOORBELL)
+            self._listen_soon()
         if self.unsubscribe:
             channels, self.unsubscribe = list(self.unsubscribe), {}
             self.channels.difference_update(channels)
@@ -134,8 +156,11 @@ class DoorbellFollower(Follower):
             channels, self.subscribe = list(self.subscribe), {}
             self.channels.update(channels)
             await self.pubsub.ssubscribe(*channels)
-            if self._listener is None or self._listener.done():
-                self._listener = asyncio.get_running_loop().create_task(self._listen())
+            self._listen_soon()
+
+    def _listen_soon(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
 
     async def _read_dirty(self) -> None:
         keys = [key for key in self.dirty if key in self.pos]
@@ -189,15 +214,20 @@ class DoorbellFollower(Follower):
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind, channel = message["type"], message["channel"]
-        if kind == "smessage":
+        if kind == "message":
+            self._rang(message["data"])
+        elif kind == "smessage":
             self._notified(channel, message["data"])
         elif kind == "ssubscribe":
             self._confirmed(channel)
+        elif kind == "subscribe":
+            self._listening()
 
     async def _reconnect(self) -> None:
         """Drop the pubsub connection; subscribe every followed run again and read them all."""
         listener, self._listener = self._listener, None
         old, self.pubsub = self.pubsub, self.client.pubsub()
+        self._doorbell = True
         self.channels.clear()
         self.unsubscribe.clear()
         for key in self.pos:

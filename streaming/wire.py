@@ -72,6 +72,9 @@ MAX_SEQ = 2**53 - 1
 DONE_FRAME = "data: [DONE]\n\n"
 #: A run's shard channel is its stream key and this (``RunKeys.notify``).
 NOTIFY_SUFFIX = ":notify"
+#: A single server's doorbell channel: after each flush a writer publishes there the stream
+#: keys it wrote to, space-separated (``streaming.doorbell``).
+DOORBELL = "sse:doorbell"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _CURSOR_PATTERN = re.compile(r"[0-9]{1,16}")
 

@@ -43,7 +43,15 @@ from .errors import (
     WriterStateError,
 )
 from .settings import Settings
-from .wire import RUN_INDEX, RunKeys, Terminal, check_frame_size, encode_frame, terminal_frame
+from .wire import (
+    DOORBELL,
+    RUN_INDEX,
+    RunKeys,
+    Terminal,
+    check_frame_size,
+    encode_frame,
+    terminal_frame,
+)
 
 __all__ = ["RunWriter", "StreamWriter", "WriterStats", "shared_writer"]
 
@@ -428,7 +436,12 @@ class StreamWriter:
                     # yet routes the command by its keys' slot.
                     pipe.execute_command("EVALSHA", _APPEND_SHA, 3,
                                          *self._append_args(run, chunks, ends))
-                replies = await pipe.execute(raise_on_error=False)
+                if self.settings.doorbell and not self.settings.cluster:
+                    # One message per flush for every hub (streaming.doorbell), after the
+                    # writes it announces; a cluster's runs ring their shard channels instead.
+                    pipe.execute_command("PUBLISH", DOORBELL,
+                                         " ".join(run.keys.stream for run, *_ in batch))
+                replies = (await pipe.execute(raise_on_error=False))[:len(batch)]
         except _TRANSIENT as exc:
             await self._requeue(batch, exc)
             return
@@ -449,7 +462,7 @@ class StreamWriter:
     def _append_args(self, run: _Run, chunks: list[tuple[int, str, int]], ends: bool) -> list[Any]:
         keys = run.keys
         ending = run.ending.value if ends and run.ending else ""
-        notify = keys.notify if self.settings.cluster or self.settings.doorbell else ""
+        notify = keys.notify if self.settings.cluster else ""
         return [keys.stream, keys.meta, keys.lease, run.token, self._lease_ms(), self._ttl(),
                 self.settings.retention, self.settings.max_stream_length, chunks[0][0], ending,
                 chunks[-1][2], notify, run.output_from, *(frame for _, frame, _ in chunks)]

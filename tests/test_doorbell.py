@@ -7,15 +7,29 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
 import redis
 
 from streaming.doorbell import DoorbellFollower
 from streaming.hub import ReaderHub
 from streaming.settings import Settings
 from streaming.writer import StreamWriter
+
+
+@pytest.fixture
+def quiet(settings: Settings) -> Settings:
+    """No liveness check and no lease expiry in a test's time: only a doorbell delivers."""
+    return settings.replace(lease_ttl=60.0, liveness_interval=120.0, producer_timeout=60.0)
+
+
+@pytest.fixture
+def slow_writer(quiet: Settings) -> Iterator[StreamWriter]:
+    writer = StreamWriter(quiet).start()
+    yield writer
+    writer.stop(timeout=5)
 
 
 async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -31,16 +45,17 @@ async def collect(hub: ReaderHub, run_id: str, out: list[Any]) -> None:
         out.append(event)
 
 
-async def test_a_round_reads_only_the_runs_that_rang(settings: Settings,
-                                                     writer: StreamWriter) -> None:
+async def test_a_round_reads_only_the_runs_that_rang(quiet: Settings,
+                                                     slow_writer: StreamWriter) -> None:
+    writer = slow_writer
     tag = uuid.uuid4().hex[:8]
-    quiet = [await writer.aopen(f"quiet-{tag}-{i}") for i in range(200)]
+    idle = [await writer.aopen(f"quiet-{tag}-{i}") for i in range(200)]
     busy = await writer.aopen(f"busy-{tag}")
-    async with ReaderHub(settings) as hub:
+    async with ReaderHub(quiet) as hub:
         doorbell = hub._doorbell
         assert isinstance(doorbell, DoorbellFollower)
         got: list[Any] = []
-        tasks = [asyncio.create_task(collect(hub, q.run_id, [])) for q in quiet]
+        tasks = [asyncio.create_task(collect(hub, q.run_id, [])) for q in idle]
         tasks.append(asyncio.create_task(collect(hub, busy.run_id, got)))
         await until(lambda: hub.stats()["following"] == 201, 30, "readers following")
         await asyncio.sleep(0.5)  # the first reads of every run (join, confirmation) are over
@@ -56,22 +71,21 @@ async def test_a_round_reads_only_the_runs_that_rang(settings: Settings,
             await busy.asend(f"chunk {i}")
             await asyncio.sleep(0.01)
         await busy.afinish()
-        await asyncio.wait_for(tasks[-1], 30)
+        await asyncio.wait_for(tasks[-1], 3)  # a liveness check would come later
         assert [e.data for e in got] == [f"chunk {i}" for i in range(20)] + ["[DONE]"]
         assert sizes and max(sizes) == 1, sizes  # not the 201 followed streams
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    for q in quiet:
+    for q in idle:
         await q.afinish()
 
 
-async def test_a_killed_doorbell_connection_loses_nothing(settings: Settings,
-                                                          writer: StreamWriter,
+async def test_a_killed_doorbell_connection_loses_nothing(quiet: Settings,
+                                                          slow_writer: StreamWriter,
                                                           redis_client: redis.Redis) -> None:
-    run = await writer.aopen(f"killed-{uuid.uuid4().hex}")
-    # No liveness check in the test's time: only the doorbell can deliver.
-    async with ReaderHub(settings.replace(liveness_interval=120)) as hub:
+    run = await slow_writer.aopen(f"killed-{uuid.uuid4().hex}")
+    async with ReaderHub(quiet) as hub:
         got: list[Any] = []
         task = asyncio.create_task(collect(hub, run.run_id, got))
         for i in range(10):
@@ -83,7 +97,7 @@ async def test_a_killed_doorbell_connection_loses_nothing(settings: Settings,
             await run.asend(f"after {i}")
             await asyncio.sleep(0.02)
         await run.afinish()
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(task, 3)  # a liveness check would come later
     assert [e.seq for e in got] == list(range(1, 22))
     assert [e.data for e in got][-1] == "[DONE]"
 
