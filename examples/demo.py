@@ -16,6 +16,7 @@ import contextlib
 import math
 import os
 import secrets
+import shlex
 import signal
 import socket
 import sys
@@ -32,6 +33,7 @@ from examples.app import DEMO_TEXT
 from examples.follow import RunView, follow
 from examples.services import ServiceError, Services
 from streaming.embedded import EmbeddedServer, free_port
+from worker.config import FLOWER_TASKS_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK_SIZE = 8
@@ -57,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: it may arrive ignored
         signal.signal(signum, _interrupt)
     try:
-        with _system(args, console) as (app_url, services):
-            code = _demo_run(console, app_url, args.rate)
+        with _system(args, console) as (app_url, redis_url, services):
+            code = _demo_run(console, app_url, redis_url, args.rate)
             if args.once:
                 return code
             console.print(f"\nOpen [bold]{app_url}/[/] to start more runs. Ctrl-C stops it all.")
@@ -73,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
-def _system(args: argparse.Namespace, console: Console) -> Iterator[tuple[str, Services]]:
-    """Start the store, worker, Flower and app; yield the app's URL; stop them all."""
+def _system(args: argparse.Namespace,
+            console: Console) -> Iterator[tuple[str, str, Services]]:
+    """Start the store, worker, Flower and app; yield the app's and store's URLs; stop them."""
     with contextlib.ExitStack() as stack:
         redis_url = os.environ.get("REDIS_URL")
         if not redis_url:
@@ -84,7 +87,7 @@ def _system(args: argparse.Namespace, console: Console) -> Iterator[tuple[str, S
         services = stack.enter_context(Services(ROOT, _child_env(redis_url), logs, console))
         urls = _start_services(services, args)
         _print_urls(console, redis_url, urls, logs)
-        yield urls["app"], services
+        yield urls["app"], redis_url, services
 
 
 def _child_env(redis_url: str) -> dict[str, str]:
@@ -105,14 +108,16 @@ def _start_services(services: Services, args: argparse.Namespace) -> dict[str, s
                               "-c", str(args.concurrency), "-l", "info",
                               "-n", f"demo-{os.getpid()}@%h"])
     urls = {"app": f"http://127.0.0.1:{app_port}"}
-    services.start("app", [*python, "uvicorn", "--factory", "examples.app:create_app",
-                           "--host", "127.0.0.1", "--port", str(app_port),
-                           "--log-level", "warning"])
     if not args.no_flower:
         flower_port = _port(args.flower_port)
         services.start("flower", [*python, "celery", "-A", "worker", "flower",
-                                  "--address=127.0.0.1", f"--port={flower_port}"])
+                                  "--address=127.0.0.1", f"--port={flower_port}",
+                                  f"--tasks_columns={FLOWER_TASKS_COLUMNS}"])
         urls["flower"] = f"http://127.0.0.1:{flower_port}"
+    services.start("app", [*python, "uvicorn", "--factory", "examples.app:create_app",
+                           "--host", "127.0.0.1", "--port", str(app_port),
+                           "--log-level", "warning"],
+                   env={"FLOWER_URL": urls.get("flower", "")})  # the page links runs to it
     services.wait_for_http("app", urls["app"] + "/", timeout=30)
     services.wait_for_log("worker", " ready.", timeout=60)
     if "flower" in urls:
@@ -129,20 +134,29 @@ def _print_urls(console: Console, redis_url: str, urls: dict[str, str], logs: Pa
     console.print(f"  [bold]logs[/]     {logs}/")
 
 
-def _demo_run(console: Console, app_url: str, rate: float) -> int:
+def _demo_run(console: Console, app_url: str, redis_url: str, rate: float) -> int:
     """Start one run through the app's API and follow it; 0 if it ended done."""
     with httpx.Client(base_url=app_url, timeout=30) as client:
+        client.get("/").raise_for_status()  # the page session: it may start runs
         response = client.post("/runs", json={"rate": rate, "chunk_size": CHUNK_SIZE})
         response.raise_for_status()
         run = response.json()
         view = RunView(run["run_id"], total=math.ceil(len(DEMO_TEXT) / CHUNK_SIZE))
         console.print(f"\nstarted run {run['run_id']}; following {app_url}{run['stream_url']}")
+        console.print(tail_hint(run["run_id"], redis_url), soft_wrap=True, highlight=False,
+                      markup=False)
         with Live(view, console=console, refresh_per_second=12):
             follow(client, run["stream_url"], view)
     if not console.is_terminal:
         console.print()  # a non-interactive Live leaves its last line open
     console.print(f"run ended: [bold]{view.state}[/] {view.message}")
     return 0 if view.state == "done" else 1
+
+
+def tail_hint(run_id: str, redis_url: str) -> str:
+    """The command that follows the run from another terminal, ready to copy."""
+    return (f"follow it from another terminal:\n"
+            f"  REDIS_URL={shlex.quote(redis_url)} python -m streaming tail {run_id}")
 
 
 def _port(preferred: int) -> int:

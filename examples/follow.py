@@ -1,7 +1,9 @@
 """Follow a run's event stream in the terminal: live text and progress, resuming after drops.
 
 The terminal twin of the browser page: it reconnects with ``Last-Event-ID`` like
-``EventSource`` does, so a dropped connection costs nothing.
+``EventSource`` does, so a dropped connection costs nothing. It follows the client rule for
+``restarted``: an attempt that starts over (``"resume": false``) replaces the text shown so far;
+one that resumes (``"resume": true``) continues it.
 """
 
 from __future__ import annotations
@@ -52,8 +54,19 @@ class RunView:
             self.text += _chunk_text(event.data)
         elif event.event in ("error", "cancelled"):
             self.state, self.message = event.event, _reason(event.data)
-        elif event.event in ("gap", "restarted"):
+        elif event.event == "restarted":
+            self.restart(_restart_info(event.data))
+        elif event.event == "gap":
             self.notices.append(f"{event.event}: {event.data}")
+
+    def restart(self, info: dict[str, object]) -> None:
+        """Apply the client rule: drop the earlier attempts' output unless this one resumes."""
+        attempt = info.get("attempt", "?")
+        if info.get("resume"):
+            self.notices.append(f"restarted: attempt {attempt} continues the text")
+            return
+        self.text, self.chunks = "", 0
+        self.notices.append(f"restarted: attempt {attempt} starts over; earlier text dropped")
 
     def __rich__(self) -> RenderableType:
         bar = ProgressBar(total=self.total or max(self.chunks, 1), completed=self.chunks,
@@ -110,6 +123,14 @@ def _chunk_text(data: str) -> str:
         return data
     return value["text"] if isinstance(value, dict) and isinstance(value.get("text"), str) \
         else data
+
+
+def _restart_info(data: str) -> dict[str, object]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _reason(data: str) -> str:

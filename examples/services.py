@@ -43,10 +43,12 @@ class Services:
         self.console = console
         self.services: dict[str, Service] = {}
 
-    def start(self, name: str, argv: list[str]) -> Service:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Service:
+        """Start ``argv`` as ``name``, with the shared environment plus ``env``."""
         log = self.logs / f"{name}.log"
         with log.open("wb") as out:
-            process = subprocess.Popen(argv, cwd=self.root, env=self.env, stdout=out,
+            process = subprocess.Popen(argv, cwd=self.root, env=self.env | (env or {}),
+                                       stdout=out,
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)
         service = self.services[name] = Service(name, process, log)

@@ -10,7 +10,8 @@ The library half of the project: it never imports Celery, so web processes impor
   control for any process (``streaming.control``): queued runs, stored endings, the run index.
 - ``Settings``: every knob, read from the environment once (``STREAMING_CLUSTER`` or a
   ``redis+cluster://`` URL: the store is a Redis Cluster; see ``streaming.cluster``).
-- ``TokenSigner``: signed, expiring read tokens scoped to one run.
+- ``TokenSigner``: signed, expiring tokens scoped to one run and to what they allow (read,
+  cancel, create); ``streaming.tokens.revoke_tokens`` revokes one run's tokens.
 
 ``streaming.web`` (the SSE endpoint for Starlette/FastAPI apps) needs the ``web`` extra and is
 not imported here.
@@ -41,6 +42,7 @@ from .errors import (
     InvalidInput,
     InvalidRunId,
     ReaderError,
+    RequestTooLarge,
     RunBusyError,
     RunClosedError,
     StaleWriterError,
@@ -48,6 +50,7 @@ from .errors import (
     StreamGoneError,
     StreamingError,
     Unauthenticated,
+    Unavailable,
     WriterError,
     WriterStateError,
 )
@@ -72,6 +75,7 @@ __all__ = [
     "InvalidRunId",
     "ReaderError",
     "ReaderHub",
+    "RequestTooLarge",
     "RunBusyError",
     "RunClosedError",
     "RunReader",
@@ -86,6 +90,7 @@ __all__ = [
     "Terminal",
     "TokenSigner",
     "Unauthenticated",
+    "Unavailable",
     "WriterError",
     "WriterStateError",
     "aend_run",

@@ -2,6 +2,10 @@
 
 ``tail`` prints a run's events as they arrive and exits at its terminal entry with a status
 that tells the ending apart (see ``EXIT_CODES``).
+
+It follows the client rule for ``restarted``: an attempt that starts over (``"resume": false``)
+replaces everything printed before it, so ``tail`` prints a rule saying so and the output to
+keep is what follows it; an attempt that resumes (``"resume": true``) continues the text above.
 """
 
 from __future__ import annotations
@@ -73,4 +77,22 @@ def _render(event: Event, as_json: bool) -> str:
                            "terminal": event.terminal.value if event.terminal else None})
     if event.event == "message":
         return event.data
+    if event.event == "restarted":
+        return _restarted(event.data)
     return f"[{event.event}] {event.data}"
+
+
+def _restarted(data: str) -> str:
+    """The line that tells a reader what a ``restarted`` event means for the output above."""
+    try:
+        info = json.loads(data)
+    except ValueError:
+        info = None
+    if not isinstance(info, dict):
+        return f"[restarted] {data}"
+    attempt = info.get("attempt", "?")
+    if info.get("resume"):
+        return (f"[restarted] attempt {attempt} continues after chunk {info.get('chunks', 0)}; "
+                "the output above stands")
+    return (f"[restarted] attempt {attempt} starts over: the output above is void, "
+            "what follows replaces it")

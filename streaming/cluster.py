@@ -21,6 +21,14 @@ a run on the run's shard channel (``RunKeys.notify``, in the run's slot), and th
   pipeline), and reads a run whose last seq id is ahead of its position: the safety net for
   notifications lost while a connection was down. An overdue run's ending, stored by the hub
   (``END`` publishes on the run's channel too), is read at once.
+
+A primary that hangs (stopped, partitioned: connections open, nothing answers) is detected in
+bounded time: a pubsub connection quiet for ``node_check_interval`` is pinged and given up when
+the ping is not answered within as long again, and every step of the follower (subscribing,
+reading, status checks) is bounded by twice that interval. A given-up node's channels are
+subscribed again wherever a fresh slot map (asked of the other nodes first) puts them: once the
+cluster has promoted a replica, its runs are followed there, so delivery resumes within the
+failover time plus about two check intervals, not when the hung node comes back.
 """
 
 from __future__ import annotations
@@ -28,12 +36,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, NodesManager, RedisCluster
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import AskError, ResponseError
@@ -54,6 +63,9 @@ __all__ = ["ClusterFollower"]
 logger = logging.getLogger(__name__)
 _BATCH = 500
 _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
+#: redis-py >= 7 can ask a suspect node for the slot map last (a hung node would hold the
+#: refresh for its socket timeout).
+_DEFERS_SUSPECT = "last_failed_node_name" in inspect.signature(NodesManager.initialize).parameters
 
 
 def _stream_of(channel: str) -> str:
@@ -72,9 +84,10 @@ class _NodeListener:
     """One pubsub connection to one primary, and the shard channels subscribed on it.
 
     Its task reads the connection: notifications, subscription confirmations, and the
-    ``SUNSUBSCRIBE`` a node sends when a slot moves away. It pings a quiet connection once per
-    ``liveness_interval`` and gives up on one that does not answer within the next; when it
-    stops, the follower subscribes its channels again (wherever they live by then).
+    ``SUNSUBSCRIBE`` a node sends when a slot moves away. It pings a connection quiet for
+    ``node_check_interval`` and gives up on one that does not answer within the next (a hung
+    node); when it stops, the follower subscribes its channels again (wherever they live by
+    then).
     """
 
     def __init__(self, follower: ClusterFollower, node: ClusterNode) -> None:
@@ -104,7 +117,7 @@ class _NodeListener:
         await self.pubsub.sunsubscribe(channel)
 
     async def run(self) -> None:
-        interval = self.follower.hub.settings.liveness_interval
+        interval = self.follower.hub.settings.node_check_interval
         pinged = False
         try:
             while True:
@@ -120,12 +133,14 @@ class _NodeListener:
                     pinged = False
                     self._handle(message)
                 elif pinged:
-                    raise RedisConnectionError(f"node {self.name} did not answer a PING")
+                    raise RedisConnectionError(f"node {self.name} did not answer a PING "
+                                               f"within {interval:g} s")
                 elif self.channels:
                     await self.pubsub.ping()
                     pinged = True
         except TRANSIENT as exc:
             logger.warning("reader hub: notifications from %s stopped: %s", self.name, exc)
+            self.follower.suspect = self.name
         finally:
             self.follower.listener_gone(self)
 
@@ -175,6 +190,7 @@ class ClusterFollower(Follower):
         self.route: dict[str, _NodeListener] = {}  # channel -> where it is subscribed
         self.listeners: dict[str, _NodeListener] = {}  # node name -> listener
         self.refresh = False  # the slot map must be fetched again before routing
+        self.suspect: str | None = None  # a node given up: asked for the slot map last
         self.notifications = 0
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -240,6 +256,9 @@ class ClusterFollower(Follower):
     # -- the follower's task -----------------------------------------------------------------
 
     async def run(self) -> None:
+        # Each step is bounded: a hung node must not hold the others' runs (a timeout is an
+        # OSError, so it is retried like any transient failure).
+        step = 2 * self.hub.settings.node_check_interval
         delay = _BACKOFF_MIN
         while not self.closed:
             if not (self.dirty or self.unrouted or self.leaving):
@@ -247,17 +266,18 @@ class ClusterFollower(Follower):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), max(self.next_check_in(), 0.0))
             try:
-                await self._subscriptions()
-                await self._read_dirty()
+                await asyncio.wait_for(self._subscriptions(), step)
+                await asyncio.wait_for(self._read_dirty(), step)
                 delay = _BACKOFF_MIN
             except TRANSIENT as exc:
-                logger.warning("reader hub: cluster read failed (%s), retrying in %.2f s",
+                logger.warning("reader hub: cluster read failed (%r), retrying in %.2f s",
                                exc, delay)
                 self.refresh = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX)
             if self.next_check_in() <= 0:
-                await self._check_quiet_runs()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._check_quiet_runs(), step)
 
     async def _subscriptions(self) -> None:
         for channel in list(self.leaving):
@@ -268,9 +288,9 @@ class ClusterFollower(Follower):
         if not self.unrouted:
             return
         if self.refresh:  # after a slot move: let the nodes agree on the new owner first
-            self.refresh = False
             await asyncio.sleep(_BACKOFF_MIN)
-            await self.client.nodes_manager.initialize()
+            await self._refresh_slots()
+            self.refresh = False
         await self.client.initialize()  # a no-op once the slot map is known
         for channel in list(self.unrouted):
             if channel not in self.unrouted:
@@ -278,11 +298,19 @@ class ClusterFollower(Follower):
             del self.unrouted[channel]
             try:
                 await self._route(channel)
-            except TRANSIENT:
+            except BaseException:  # a failure, or the step's bound cancelling it
                 self.unrouted[channel] = None
                 raise
             if _stream_of(channel) not in self.pos and channel in self.route:
                 self.leaving[channel] = None  # its last reader left while it was subscribed
+
+    async def _refresh_slots(self) -> None:
+        """Fetch the slot map again, asking the node last given up (if any) last."""
+        manager = self.client.nodes_manager
+        if _DEFERS_SUSPECT and self.suspect is not None:
+            await manager.initialize(last_failed_node_name=self.suspect)
+        else:
+            await manager.initialize()
 
     async def _route(self, channel: str) -> None:
         node = self.client.get_node_from_key(channel)
@@ -321,7 +349,7 @@ class ClusterFollower(Follower):
                     pipe.execute_command("XRANGE", key, "(" + starts[key], "+", "COUNT", _BATCH,
                                          target_nodes=self.client.get_node_from_key(key))
                 replies: list[Any] = await pipe.execute(raise_on_error=False)
-        except TRANSIENT:
+        except BaseException:  # a failure, or the step's bound cancelling it: read them again
             self.dirty.update(dict.fromkeys(keys))
             raise
         self.reads += 1

@@ -12,6 +12,7 @@ themselves as the last resort (``end_if_overdue()``), so a run ends even with no
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -20,7 +21,7 @@ from redis.crc import key_slot
 from redis.exceptions import NoPermissionError, NoScriptError, ReadOnlyError, ResponseError
 
 from . import scripts
-from .client import AsyncClient, SyncClient
+from .client import TRANSIENT, AsyncClient, SyncClient
 from .cursor import RunStatus
 from .errors import InvalidInput, StreamGoneError
 from .settings import Settings
@@ -47,6 +48,7 @@ __all__ = [
     "sweep",
 ]
 
+logger = logging.getLogger(__name__)
 When = Literal["due", "not_live", "always"]
 _WHEN = ("due", "not_live", "always")
 #: How servers word a refused write: redis-py maps the first two to NoPermissionError and
@@ -79,19 +81,26 @@ def _marker_ttl(settings: Settings) -> int:
 def mark_pending(client: SyncClient, run_id: str, settings: Settings) -> None:
     """Record a queued run so readers wait for it instead of ending with ``not_found``.
 
-    Stores when it was queued (server clock) and adds it to the run index. If no worker
+    Stores when it was queued (server clock) and adds it to the run index (best effort: a
+    failure there is logged, the run is queued all the same). If no worker
     claims it within ``settings.queue_timeout`` it gets a stored ``timeout`` ending (from the
     worker's sweep or its readers). A run already known keeps its state.
     """
     keys = _keys(run_id, settings)
     now = client.eval(scripts.MARK.source, 1, keys.meta, _marker_ttl(settings))
-    client.zadd(RUN_INDEX, {run_id: int(now)}, nx=True)  # another slot in a cluster
+    try:  # another slot in a cluster: best effort, the readers end the run unindexed too
+        client.zadd(RUN_INDEX, {run_id: int(now)}, nx=True)
+    except TRANSIENT as exc:
+        logger.warning("run %s not added to the run index: %s", run_id, exc)
 
 
 async def amark_pending(client: AsyncClient, run_id: str, settings: Settings) -> None:
     keys = _keys(run_id, settings)
     now = await client.eval(scripts.MARK.source, 1, keys.meta, _marker_ttl(settings))
-    await client.zadd(RUN_INDEX, {run_id: int(now)}, nx=True)
+    try:
+        await client.zadd(RUN_INDEX, {run_id: int(now)}, nx=True)
+    except TRANSIENT as exc:
+        logger.warning("run %s not added to the run index: %s", run_id, exc)
 
 
 # -- cancel -----------------------------------------------------------------------------------

@@ -149,56 +149,85 @@ class EmbeddedServer:
 
 class EmbeddedCluster:
     """A private Redis Cluster on 127.0.0.1: ``primaries`` servers sharing the 16384 slots
-    evenly, no replicas.
+    evenly, each with ``replicas`` replicas (none by default).
 
     ``url`` (``redis+cluster://...``) names the first node; clients discover the others.
+    ``servers`` lists the primaries first, then the replicas (``replicas_of(i)``: those of
+    primary ``i``). A stopped or killed primary is replaced by one of its replicas after
+    ``node_timeout_ms`` and the election.
     """
 
-    def __init__(self, primaries: int = 3, node_timeout_ms: int = 2000) -> None:
-        if primaries < 1:
-            raise ConfigurationError(f"a cluster needs at least one primary, got {primaries}")
+    def __init__(self, primaries: int = 3, node_timeout_ms: int = 2000, replicas: int = 0) -> None:
+        if primaries < 1 or replicas < 0:
+            raise ConfigurationError(f"a cluster needs at least one primary and no negative "
+                                     f"replica count, got {primaries} and {replicas}")
         args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(node_timeout_ms)]
+        count = primaries * (1 + replicas)
+        self.primaries = primaries
+        self.replicas = replicas
         # The cluster bus gets a free port of its own (by default it is the port + 10000).
-        ports = free_ports(2 * primaries)
-        self.bus_ports = ports[primaries:]
+        ports = free_ports(2 * count)
+        self.bus_ports = ports[count:]
         self.servers = [EmbeddedServer(port, extra_args=[*args, "--cluster-port", str(bus)])
-                        for port, bus in zip(ports[:primaries], self.bus_ports, strict=True)]
+                        for port, bus in zip(ports[:count], self.bus_ports, strict=True)]
 
     @property
     def url(self) -> str:
         return f"redis+cluster://127.0.0.1:{self.servers[0].port}"
 
+    def replicas_of(self, primary: int) -> list[EmbeddedServer]:
+        """The replicas started for primary ``primary`` (by index), as first assigned."""
+        start = self.primaries + primary * self.replicas
+        return self.servers[start:start + self.replicas]
+
     def start(self, timeout: float = 30.0) -> EmbeddedCluster:
-        """Start the servers, share out the slots, and wait (at most ``timeout`` s) until
-        every node reports ``cluster_state:ok``."""
+        """Start the servers, share out the slots, attach the replicas, and wait (at most
+        ``timeout`` s) until every node reports ``cluster_state:ok`` and every replica's link
+        to its primary is up."""
         deadline = time.monotonic() + timeout
         try:
             for server in self.servers:
                 server.start(timeout)
             clients = [self.client(server) for server in self.servers]
-            share = SLOTS // len(clients)
-            for index, client in enumerate(clients):
-                last = SLOTS - 1 if index == len(clients) - 1 else (index + 1) * share - 1
+            share = SLOTS // self.primaries
+            for index, client in enumerate(clients[:self.primaries]):
+                last = SLOTS - 1 if index == self.primaries - 1 else (index + 1) * share - 1
                 client.cluster("ADDSLOTSRANGE", index * share, last)
             for client in clients[1:]:
                 client.cluster("MEET", "127.0.0.1", self.servers[0].port, self.bus_ports[0])
+            self._attach_replicas(clients, deadline)
             self._wait_ok(clients, deadline)
         except BaseException:
             self.stop()
             raise
         return self
 
+    def _attach_replicas(self, clients: list[redis.Redis], deadline: float) -> None:
+        ids = [client.cluster("MYID") for client in clients[:self.primaries]]
+        for primary, node_id in enumerate(ids):
+            for replica in self.replicas_of(primary):
+                client = clients[self.servers.index(replica)]
+                while not _knows(client, node_id):  # gossip has not told it yet
+                    if time.monotonic() > deadline:
+                        raise ConfigurationError("embedded cluster: a replica never met its "
+                                                 "primary")
+                    time.sleep(0.05)
+                client.cluster("REPLICATE", node_id)
+
     def _wait_ok(self, clients: list[redis.Redis], deadline: float) -> None:
         while True:
             states = [client.cluster("INFO") for client in clients]
+            links = [client.info("replication").get("master_link_status", "up")
+                     for client in clients[self.primaries:]]
             if all(state["cluster_state"] == "ok"
-                   and int(state["cluster_known_nodes"]) == len(clients) for state in states):
+                   and int(state["cluster_known_nodes"]) == len(clients) for state in states) \
+                    and all(link == "up" for link in links):
                 for client in clients:
                     client.close()
                 return
             if time.monotonic() > deadline:
-                raise ConfigurationError(f"embedded cluster not ready: {states}")
+                raise ConfigurationError(f"embedded cluster not ready: {states} {links}")
             time.sleep(0.05)
 
     @staticmethod
@@ -218,3 +247,9 @@ class EmbeddedCluster:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _knows(client: redis.Redis, node_id: str) -> bool:
+    """Whether the node of ``client`` has heard of node ``node_id``."""
+    nodes = client.cluster("NODES")  # redis-py parses it: {address: {"node_id": ...}}
+    return any(node.get("node_id") == node_id for node in nodes.values())

@@ -4,7 +4,11 @@
     ├── InvalidInput (also a ValueError): bad input, refused before any Redis I/O
     │   ├── InvalidRunId
     │   ├── InvalidCursor
-    │   └── InvalidChunk
+    │   ├── InvalidChunk
+    │   │   └── UnsupportedChunk: a task yielded a value that has no SSE framing
+    │   └── RequestTooLarge: a request body past the web tier's limit (HTTP 413)
+    ├── Unavailable: the stream store did not answer a web request in time, or failed it
+    │   (HTTP 503 with Retry-After)
     ├── ConfigurationError: a setting or environment variable that cannot be used
     ├── WriterError
     │   ├── WriterStateError: the writer is not started, is closed, or was created before fork()
@@ -17,8 +21,9 @@
     ├── ReaderError
     ├── AccessDenied: the caller may not read this run (HTTP 403), e.g. a token for another run
     │   └── Unauthenticated: no credentials, or forged, malformed or expired ones (HTTP 401)
-    └── StreamGoneError (a WriterError and a ReaderError): the run's keys vanished under a
-        writer or reader (expired, deleted, or Redis restarted empty)
+    ├── StreamGoneError (a WriterError and a ReaderError): the run's keys vanished under a
+    │   writer or reader (expired, deleted, or Redis restarted empty)
+    └── RunCancelled: raised by a streaming task's run handle once a cancel was requested
 
 Library errors (redis-py's) are wrapped with ``raise ... from exc`` at the boundary where
 they stop being retried.
@@ -36,13 +41,17 @@ __all__ = [
     "InvalidInput",
     "InvalidRunId",
     "ReaderError",
+    "RequestTooLarge",
     "RunBusyError",
+    "RunCancelled",
     "RunClosedError",
     "StaleWriterError",
     "StoreUnavailableError",
     "StreamGoneError",
     "StreamingError",
     "Unauthenticated",
+    "Unavailable",
+    "UnsupportedChunk",
     "WriterError",
     "WriterStateError",
 ]
@@ -66,6 +75,25 @@ class InvalidCursor(InvalidInput):
 
 class InvalidChunk(InvalidInput):
     """Chunk data that is not text, or is larger than the configured limit."""
+
+
+class UnsupportedChunk(InvalidChunk):
+    """A task yielded a value that is not text, JSON (a dict or list) or a named event."""
+
+
+class RequestTooLarge(InvalidInput):
+    """A request body larger than the configured limit."""
+
+
+class Unavailable(StreamingError):
+    """The stream store did not answer within the web tier's bound, or failed the request.
+
+    ``retry_after`` is the seconds a client should wait before trying again.
+    """
+
+    def __init__(self, message: str, retry_after: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ConfigurationError(StreamingError):
@@ -122,3 +150,8 @@ class Unauthenticated(AccessDenied):
 
 class StreamGoneError(ReaderError, WriterError):
     """The stream disappeared while being read (expired, deleted, or Redis restarted empty)."""
+
+
+class RunCancelled(StreamingError):
+    """A cancel was requested for the run a task is writing; the task stops and the run ends
+    ``cancelled`` (raised by ``streaming.celery.RunHandle.send``)."""

@@ -8,7 +8,10 @@ costs no command of its own: one blocking read per ``block_timeout`` serves them
 stored deadline comes due sooner is checked then); an overdue run's ending is stored by the hub
 (the guarded ``END`` script) and read like any entry. When a
 reader joins, the hub interrupts its blocking read with ``CLIENT UNBLOCK`` so the new stream
-is followed at once. A reader that falls ``reader_queue`` entries behind is detached and
+is followed at once. Where the server's ACL does not grant ``CLIENT UNBLOCK`` (the hub tries it
+once, on a connection that is not blocked), the shared reads block for at most
+``NO_UNBLOCK_BLOCK`` s instead: a new reader waits up to that long for its first live event.
+A reader that falls ``reader_queue`` entries behind is detached and
 catches up on its own again, so one slow client never holds the others back
 (``streaming.fanout``). In a Redis Cluster the hub follows runs through shard channels
 instead (``streaming.cluster``); readers see no difference.
@@ -46,6 +49,8 @@ _TRANSIENT = TRANSIENT
 #: States of a run the store knows (meta written by our writer or ``mark_pending``): our
 #: writers ring its doorbell. A run without them (the seed's) is followed by blocking reads.
 _RINGING = frozenset({"pending", "live", "idle"})
+#: Longest shared blocking read when ``CLIENT UNBLOCK`` is refused (the slower fallback).
+NO_UNBLOCK_BLOCK = 1.0
 
 
 class _Shard(Follower):
@@ -60,6 +65,9 @@ class _Shard(Follower):
         self.client_id: int | None = None
         self.reading: dict[str, str] | None = None
         self.unblocking = False
+        #: Whether ``CLIENT UNBLOCK`` is allowed: None until tried.
+        self.can_unblock: bool | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _behind(self, key: str) -> None:
         reading = self.reading
@@ -67,18 +75,38 @@ class _Shard(Follower):
             self._unblock()
 
     def _unblock(self) -> None:
-        if self.unblocking or self.client_id is None:
+        if self.unblocking or self.client_id is None or self.can_unblock is False:
             return
         self.unblocking = True
-        asyncio.get_running_loop().create_task(self._send_unblock(self.client_id))
+        task = asyncio.get_running_loop().create_task(self._send_unblock(self.client_id))
+        self._tasks.add(task)  # held until done; it never ends with an exception
+        task.add_done_callback(self._tasks.discard)
 
     async def _send_unblock(self, client_id: int) -> None:
         try:
             await self.hub.client.client_unblock(client_id)
+        except ResponseError as exc:  # NOPERM: the server's ACL does not grant it
+            self._refused(exc)
         except _TRANSIENT as exc:
             logger.warning("reader hub: CLIENT UNBLOCK failed: %s", exc)
         finally:
             self.unblocking = False
+
+    async def _try_unblock(self) -> None:
+        """Find out once whether ``CLIENT UNBLOCK`` is allowed (our connection is not blocked
+        now, so it unblocks nothing)."""
+        assert self.client_id is not None
+        try:
+            await self.hub.client.client_unblock(self.client_id)
+            self.can_unblock = True
+        except ResponseError as exc:
+            self._refused(exc)
+
+    def _refused(self, exc: ResponseError) -> None:
+        if self.can_unblock is not False:
+            logger.warning("reader hub: CLIENT UNBLOCK refused (%s); shared reads block at most "
+                           "%g s, so a new reader waits up to that long", exc, NO_UNBLOCK_BLOCK)
+        self.can_unblock = False
 
     def _sooner(self) -> None:
         if self.reading is not None:
@@ -107,10 +135,14 @@ class _Shard(Follower):
     async def _read_once(self) -> None:
         if self.client_id is None:
             self.client_id = int(await self.client.client_id())
+            if self.can_unblock is None:
+                await self._try_unblock()
             if not self.pos:
                 return  # every reader left while the connection was set up
         settings = self.hub.settings
         block = max(min(settings.block_timeout, self.next_check_in()), 0.01)
+        if not self.can_unblock:
+            block = min(block, NO_UNBLOCK_BLOCK)
         self.reading = dict(self.pos)
         try:
             streams: dict[Any, Any] = self.reading
@@ -153,7 +185,10 @@ class ReaderHub:
                  connections: int = 1) -> None:
         self.settings = settings
         self._own_client = client is None
-        self.client = client or async_client(settings, reader=True, max_connections=_POOL)
+        # In a cluster no command of this client blocks (the hub follows runs by pubsub), so it
+        # keeps the plain socket timeout: a hung node is given up on sooner.
+        self.client = client or async_client(settings, reader=not settings.cluster,
+                                             max_connections=_POOL)
         self._connections = connections
         self._shards: list[Follower] = []  # every follower
         self._blocking: list[Follower] = []  # the blocking XREAD ones (single server)
@@ -248,6 +283,8 @@ class HubReader:
     def __init__(self, hub: ReaderHub, cursor: RunCursor) -> None:
         self.hub = hub
         self.cursor = cursor
+        #: The run's status when the reader opened (its ``last_seq`` ends the stored history).
+        self.status: RunStatus | None = None
         self._start: list[Event] | None = None
         self._check_in: float | None = None
         self._rings = False  # our writers announce its entries (streaming.doorbell)
@@ -274,7 +311,7 @@ class HubReader:
         """
         if self._start is None:
             cursor = self.cursor
-            status = (await self.hub.statuses([cursor.keys]))[0]
+            self.status = status = (await self.hub.statuses([cursor.keys]))[0]
             self._start = cursor.check_start(status)
             self._check_in = cursor.next_check(status, self.hub.settings.liveness_interval)
             self._rings = status.state in _RINGING

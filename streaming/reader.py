@@ -7,20 +7,31 @@ readers use the shared ``streaming.hub.ReaderHub`` instead.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from redis.exceptions import ResponseError
 
-from .client import SyncClient
+from .client import TRANSIENT, SyncClient
 from .control import end_if_overdue, ending_refused, run_status
-from .cursor import DEADLINE_SLACK, NOT_A_RUN, RunCursor, RunStatus, wrong_type, xread_reply
-from .errors import StreamGoneError
+from .cursor import (
+    DEADLINE_SLACK,
+    NOT_A_RUN,
+    Entry,
+    RunCursor,
+    RunStatus,
+    wrong_type,
+    xread_reply,
+)
+from .errors import ReaderError, StreamGoneError
 from .settings import Settings
 from .wire import Event, RunKeys, Terminal, parse_cursor
 
 __all__ = ["RunReader", "read_events"]
 
 _BATCH = 500
+_BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
+T = TypeVar("T")
 
 
 class RunReader:
@@ -34,6 +45,10 @@ class RunReader:
     then read like any entry, so it has its ``id:`` and equals what every other reader and any
     later attempt sees. Only if the server refuses that write (a client without write
     permission) does the reader make the ending up, with the same kind and message.
+
+    A store that goes away (restarted, a cut connection) is retried with backoff, and the read
+    resumes from the reader's position: nothing is skipped or repeated. Past
+    ``unavailable_timeout`` s without an answer the iteration raises ``ReaderError``.
     """
 
     def __init__(self, client: SyncClient, run_id: str, settings: Settings, *,
@@ -54,10 +69,8 @@ class RunReader:
         yield from cursor.check_start(status)
         yield from self._end_if_overdue(status)
         while not cursor.done:
-            block = max(self._check_at - time.monotonic(), 0.01)
             try:
-                reply = xread_reply(self.client.xread(
-                    {cursor.keys.stream: cursor.last_id}, count=_BATCH, block=int(block * 1000)))
+                reply = self._retrying(self._read)
             except ResponseError as exc:
                 if not wrong_type(exc):
                     raise
@@ -70,8 +83,31 @@ class RunReader:
                 yield from cursor.check_alive(status)
                 yield from self._end_if_overdue(status)
 
+    def _read(self) -> list[tuple[str, list[Entry]]]:
+        block = max(self._check_at - time.monotonic(), 0.01)
+        cursor = self.cursor
+        return xread_reply(self.client.xread(
+            {cursor.keys.stream: cursor.last_id}, count=_BATCH, block=int(block * 1000)))
+
+    def _retrying(self, call: Callable[[], T]) -> T:
+        """``call()``, again after transient failures, for up to ``unavailable_timeout`` s."""
+        give_up = time.monotonic() + self.settings.unavailable_timeout
+        delay = _BACKOFF_MIN
+        while True:
+            try:
+                return call()
+            except TRANSIENT as exc:
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    raise ReaderError(
+                        f"run {self.cursor.keys.run_id}: Redis unreachable for "
+                        f"{self.settings.unavailable_timeout:g} s ({exc})") from exc
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, _BACKOFF_MAX)
+
     def _status(self) -> RunStatus:
-        status = run_status(self.client, self.cursor.keys.run_id, self.settings)
+        status = self._retrying(
+            lambda: run_status(self.client, self.cursor.keys.run_id, self.settings))
         longest = min(self.settings.liveness_interval, self.settings.block_timeout)
         self._check_at = time.monotonic() + self.cursor.next_check(status, longest)
         return status
@@ -80,7 +116,8 @@ class RunReader:
         if not self.cursor.overdue(status):
             return []
         try:
-            ended = end_if_overdue(self.client, self.cursor.keys.run_id, self.settings)
+            ended = self._retrying(
+                lambda: end_if_overdue(self.client, self.cursor.keys.run_id, self.settings))
         except StreamGoneError:  # a key of the run holds someone else's value
             return self.cursor.check_alive(status, unwritable=True)
         except ResponseError as exc:

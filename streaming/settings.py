@@ -97,8 +97,22 @@ class Settings:
     #: Secret that signs read tokens (``streaming.tokens``), shared by every web process;
     #: at least 32 characters. ``None``: the web endpoint needs an ``auth`` hook instead.
     token_secret: str | None = dataclasses.field(default=None, repr=False)
-    #: Lifetime of the read tokens a host app issues (``streaming.tokens.issue_token``).
-    token_ttl: float = 24 * 3600
+    #: Lifetime of the tokens a host app issues (``StreamEndpoints.issue_token``): a page
+    #: session. A client refreshes its token before then (``POST /runs/{id}/token``).
+    token_ttl: float = 3600
+    #: How long a web request may wait for the stream store before it is answered 503 with
+    #: ``Retry-After`` (an unreachable, stalled or failing-over store is never a hang).
+    request_timeout: float = 3.0
+    #: The ``Retry-After`` seconds of those 503 answers.
+    retry_after: int = 2
+    #: Largest request body the web routes read; a larger one gets 413 before it is read.
+    max_body_bytes: int = 1024 * 1024
+    #: Deepest nesting of arrays and objects accepted in a JSON request body (else 400).
+    max_json_depth: int = 32
+    #: Cluster only: a pubsub connection to a primary that stays silent this long is pinged;
+    #: one that does not answer the ping within as long again is given up (a hung node), and
+    #: its runs are followed wherever the cluster's slot map puts them next.
+    node_check_interval: float = 1.0
     #: Writers (``APPEND``, the guarded ``END``) publish each run's new last seq on its shard
     #: channel, and a single server's hubs read only the runs that rang
     #: (``streaming.doorbell``). Off: hubs block on one ``XREAD`` over every followed run

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 
 from .wire import Event
 
 __all__ = ["PING", "comment", "sse_frames", "timed_frames"]
+
+#: What turns one event into the text sent for it ('' sends nothing).
+Encoder = Callable[[Event], str]
 
 PING = ": ping\n\n"
 
@@ -22,11 +25,15 @@ def comment(text: str) -> str:
 
 
 async def sse_frames(
-    events: AsyncIterable[Event], ping_interval: float | None = 15.0, *, retry_ms: int | None = None
+    events: AsyncIterable[Event], ping_interval: float | None = 15.0, *,
+    retry_ms: int | None = None, encode: Encoder = Event.sse,
+    ping: Callable[[], str] = lambda: PING,
 ) -> AsyncIterator[str]:
     """The SSE text of ``events``, with a ping after every ``ping_interval`` s of silence.
 
-    ``retry_ms`` sends a ``retry:`` field first (the browser's reconnect delay).
+    ``retry_ms`` sends a ``retry:`` field first (the browser's reconnect delay). ``encode``
+    and ``ping`` make the text of an event and of a ping (other protocols: ``streaming.letta``,
+    ``streaming.aisdk``).
     """
     if retry_ms is not None:
         yield f"retry: {retry_ms}\n\n"
@@ -38,14 +45,16 @@ async def sse_frames(
                 pending = asyncio.ensure_future(anext(iterator))
             done, _ = await asyncio.wait({pending}, timeout=ping_interval)
             if not done:
-                yield PING
+                yield ping()
                 continue
             task, pending = pending, None
             try:
                 event = task.result()
             except StopAsyncIteration:
                 return
-            yield event.sse()
+            text = encode(event)
+            if text:
+                yield text
     finally:
         if pending is not None:
             pending.cancel()

@@ -76,7 +76,8 @@ NOTIFY_SUFFIX = ":notify"
 #: keys it wrote to, space-separated (``streaming.doorbell``).
 DOORBELL = "sse:doorbell"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
-_CURSOR_PATTERN = re.compile(r"[0-9]{1,16}")
+#: Decimal digits, zero padding allowed (the value is bounded by ``MAX_SEQ`` afterwards).
+_CURSOR_PATTERN = re.compile(r"[0-9]{1,32}")
 
 
 class Terminal(StrEnum):
@@ -135,10 +136,13 @@ class RunKeys:
 
 
 def validate_run_id(run_id: object) -> str:
-    """Return ``run_id`` if it is 1-128 characters of ``A-Z a-z 0-9 _ . -``, else raise."""
+    """Return ``run_id`` if it is 1-128 characters of ``A-Z a-z 0-9 _ . -``, else raise.
+
+    ``.`` and ``..`` are refused: in a URL path they are not names but steps.
+    """
     if not isinstance(run_id, str):
         raise InvalidRunId(f"run id must be a string, got {type(run_id).__name__}")
-    if not RUN_ID_PATTERN.fullmatch(run_id):
+    if not RUN_ID_PATTERN.fullmatch(run_id) or run_id in (".", ".."):
         shown = run_id if len(run_id) <= 40 else run_id[:40] + "..."
         raise InvalidRunId(
             f"run id {shown!r} must be 1-128 characters of letters, digits, '_', '.' or '-'"
@@ -149,7 +153,8 @@ def validate_run_id(run_id: object) -> str:
 def parse_cursor(value: object) -> int:
     """A resume cursor (``starting_after``, ``Last-Event-ID``) as a sequence number.
 
-    ``None`` means "from the start" (0). Accepted: an integer or decimal digits, 0..2**53-1.
+    ``None`` means "from the start" (0). Accepted: an integer or decimal digits (zero padding
+    allowed, at most 32 of them), 0..2**53-1.
     """
     if value is None:
         return 0

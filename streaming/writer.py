@@ -666,6 +666,13 @@ class RunWriter:
         return self._run.accepted
 
     @property
+    def stored(self) -> tuple[int, int]:
+        """``(chunks, last_seq)`` as Redis has stored them, read together: how many of this
+        handle's chunks (its ``restarted`` event included) and the run's last seq id."""
+        with self._writer._cond:
+            return self._run.acked, self._run.seq
+
+    @property
     def cancel_requested(self) -> str:
         """The reason given to ``request_cancel()``, as last seen by a flush; '' if none."""
         return self._run.cancel_requested

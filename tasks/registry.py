@@ -11,6 +11,12 @@ A generator is registered with the pydantic model its params must fit::
 
 It may be a sync or an async generator function; it yields ``str``, JSON-able ``dict``/``list``
 values, or ``tasks.framing.Event`` objects.
+
+Restarts: a run whose attempt died is continued by its next attempt. A generator registered
+``resumable=True`` continues where the earlier attempts stopped: it skips the first
+``context.resumed_chunks`` chunks it would yield (they are stored already), so a deterministic
+generator continues exactly. Any other generator starts over; the stream's ``restarted`` event
+says ``"resume": false`` and clients drop what the earlier attempts showed.
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ class RunContext:
     run_id: str
     attempt: int
     config: WorkerConfig
+    #: Output chunks earlier attempts stored that this attempt continues after; 0 on a first
+    #: attempt, and always 0 for a generator not registered ``resumable``.
+    resumed_chunks: int = 0
 
 
 class GeneratorFunction(Protocol[P]):
@@ -60,6 +69,12 @@ class GeneratorSpec:
     params: type[Params]
     #: Errors worth another attempt (the task is retried; the run goes on with `restarted`).
     retry_for: tuple[type[BaseException], ...] = ()
+    #: A later attempt continues after the chunks earlier ones stored (``resumed_chunks``)
+    #: instead of starting over.
+    resumable: bool = False
+    #: How many chunks a run with these params will yield, when the generator knows it in
+    #: advance (progress reports show it as the total).
+    total: Callable[[Any], int | None] | None = None
 
     def parse(self, raw: object) -> Params:
         """The run's params as this generator's model; ``InvalidParams`` says what is wrong."""
@@ -87,15 +102,18 @@ class Registry:
         self._specs: dict[str, GeneratorSpec] = {}
 
     def register(
-        self, name: str, params: type[Params], *, retry_for: tuple[type[BaseException], ...] = ()
+        self, name: str, params: type[Params], *, retry_for: tuple[type[BaseException], ...] = (),
+        resumable: bool = False, total: Callable[[Any], int | None] | None = None,
     ) -> Callable[[GeneratorFunction[Any]], GeneratorFunction[Any]]:
-        """Decorator: make ``function`` runnable as ``name``."""
+        """Decorator: make ``function`` runnable as ``name`` (``resumable``: see the module;
+        ``total``: see ``GeneratorSpec``)."""
 
         def add(function: GeneratorFunction[Any]) -> GeneratorFunction[Any]:
             known = self._specs.get(name)
             if known is not None and known.function is not function:
                 raise ValueError(f"generator {name!r} is already registered")
-            self._specs[name] = GeneratorSpec(name, function, params, retry_for)
+            self._specs[name] = GeneratorSpec(name, function, params, retry_for, resumable,
+                                              total)
             return function
 
         return add

@@ -36,6 +36,8 @@ class Summary:
     bytes: int = 0
     ending: str = ""
     last_seq: int = 0
+    #: The chunks the generator will yield, when it says (``GeneratorSpec.total``).
+    total: int | None = None
     started: float = field(default_factory=time.monotonic)
 
     def add(self, data: str) -> None:
@@ -43,12 +45,15 @@ class Summary:
         self.bytes += len(data.encode("utf-8", "replace"))
 
     def progress(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "attempt": self.attempt, "chunks": self.chunks,
-                "last_seq": self.last_seq, "worker_pid": os.getpid()}
+        shown = {"run_id": self.run_id, "attempt": self.attempt, "chunks": self.chunks,
+                 "last_seq": self.last_seq, "worker_pid": os.getpid()}
+        return shown if self.total is None else shown | {"total": self.total}
 
     def as_dict(self) -> dict[str, Any]:
+        """The summary; the ending first, so that a truncated view (Flower's list) shows it."""
         seconds = round(time.monotonic() - self.started, 3)
-        return self.progress() | {"bytes": self.bytes, "seconds": seconds, "ending": self.ending}
+        return {"ending": self.ending, "chunks": self.chunks, "last_seq": self.last_seq,
+                "seconds": seconds, "bytes": self.bytes} | self.progress()
 
 
 class CancelWatch:

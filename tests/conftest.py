@@ -63,7 +63,10 @@ def settings(redis_url: str) -> Settings:
 
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    """The test's own view of the store. ``REDIS_ADMIN_URL``, if set, is used for it (the ACL
+    test runs the library as a restricted user and inspects the store as an admin)."""
+    client = redis.Redis.from_url(os.environ.get("REDIS_ADMIN_URL") or redis_url,
+                                  decode_responses=True)
     yield client
     client.close()
 

@@ -25,9 +25,10 @@ FOREIGN = [
     ("meta", "list", lambda c, k: c.rpush(k, "foreign")),
     ("lease", "hash", lambda c, k: c.hset(k, "field", "foreign")),
 ]
-#: What a reader may send for such a run: connection set-up and the STATUS script (the keys'
-#: types, the run's own status fields and the server's clock), never a read of the foreign value.
-STATUS_ONLY = {"HELLO", "CLIENT", "PING", "EVAL", "EVALSHA", "TYPE", "HMGET", "TIME"}
+#: What a reader may send for such a run: connection set-up, its token generation (``HGET``
+#: of the meta hash, refused by a foreign meta key) and the STATUS script (the keys' types, the
+#: run's own status fields and the server's clock), never a read of the foreign value.
+STATUS_ONLY = {"HELLO", "CLIENT", "PING", "EVAL", "EVALSHA", "TYPE", "HMGET", "TIME", "HGET"}
 
 
 def foreign_id(value: object) -> str:

@@ -18,12 +18,33 @@ def test_everything_exported_exists_and_is_documented():
         assert name in streaming.__doc__
 
 
+#: The Celery side: imported by workers and the processes that start runs, nowhere else.
+CELERY_SIDE = {"celery"}
+
+
 def test_the_library_never_imports_celery():
+    """Readers, the web tier (Starlette, FastAPI, Django) and the pytest plugin import no
+    Celery: an API process imports them alone."""
     code = ("import sys, pkgutil, importlib, streaming\n"
             "for m in pkgutil.iter_modules(streaming.__path__):\n"
-            "    if m.name != '__main__': importlib.import_module('streaming.' + m.name)\n"
+            f"    if m.name not in {sorted(CELERY_SIDE)!r} + ['__main__']:\n"
+            "        importlib.import_module('streaming.' + m.name)\n"
+            "import streaming.django.views, streaming.django.urls\n"
             "assert 'celery' not in sys.modules, 'celery imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_celery_side_is_only_what_the_docs_name():
+    import streaming.celery
+
+    assert sorted(streaming.celery.__all__) == sorted(
+        ["STREAMING", "Event", "RunHandle", "Runs", "Streaming", "StreamingOptions",
+         "StreamingTask", "Summary", "frame", "install", "new_run_id", "streaming_of",
+         "streaming_task"])
+    for name in streaming.celery.__all__:
+        assert hasattr(streaming.celery, name), name
+    for name in ("install", "StreamingTask", "RunHandle", "Runs", "Event", "StreamingOptions"):
+        assert name in streaming.celery.__doc__, name
 
 
 def test_settings_from_env():

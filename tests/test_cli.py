@@ -56,3 +56,21 @@ def test_not_found_gap_and_bad_input(settings, redis_url, run_id):
     bad = tail(redis_url, run_id, "--starting-after", "-3")
     assert bad.returncode == 2 and "not a non-negative integer" in bad.stderr
     assert tail(redis_url, "bad*id").returncode == 2
+
+
+
+@pytest.mark.parametrize(("resume", "says"), [
+    (False, "[restarted] attempt 2 starts over: the output above is void"),
+    (True, "[restarted] attempt 2 continues after chunk 1; the output above stands"),
+])
+def test_a_restart_says_whether_the_output_above_stands(writer, redis_url, run_id, resume,
+                                                        says):
+    """The client rule: ``resume`` false voids what the earlier attempt printed."""
+    run = writer.open(run_id)
+    run.send("first")
+    run.send(json.dumps({"attempt": 2, "resume": resume, "chunks": 1, "last_seq": 1}),
+             event="restarted")
+    run.send("second")
+    run.finish()
+    lines = tail(redis_url, run_id).stdout.splitlines()
+    assert lines[0] == "first" and lines[1].startswith(says) and lines[2] == "second", lines

@@ -9,6 +9,7 @@ import pytest
 from streaming import (
     InvalidCursor,
     InvalidRunId,
+    ReaderError,
     ReaderHub,
     RunClosedError,
     StreamWriter,
@@ -20,6 +21,8 @@ from streaming import (
 )
 from streaming.client import sync_client
 from streaming.wire import RunKeys
+from tests.proxy import Proxy, port_of
+from tests.waiting import within
 
 
 @pytest.fixture
@@ -283,3 +286,50 @@ async def test_hundreds_of_readers_joining_at_once_wait_for_connections(writer, 
         await run.afinish()
         results = await asyncio.wait_for(asyncio.gather(*readers), 60)
     assert all([e.seq for e in r] == list(range(1, 22)) for r in results)
+
+
+@pytest.mark.fault
+def test_a_blocking_reader_rides_out_a_store_outage_and_resumes_exactly(writer, settings, run_id):
+    """The store unreachable for a while (restarted, a cut network): the reader retries and
+    goes on from its position, each chunk once; past ``unavailable_timeout`` it gives up."""
+    proxy = Proxy(port_of(settings.redis_url))
+    reading = settings.replace(redis_url=proxy.url, unavailable_timeout=20, socket_timeout=1.0,
+                               block_timeout=1.0)
+    client = sync_client(reading, reader=True)
+    run = write_run(writer, run_id, 3, ending=None)
+    events = []
+    try:
+        reader = iter(read_events(client, run_id, reading))
+        events += [next(reader) for _ in range(3)]
+        rest = threading.Thread(target=lambda: events.extend(reader), daemon=True)
+        rest.start()  # waiting in its blocking read
+        time.sleep(0.3)
+        proxy.set_refuse(True)  # connections cut, new ones refused
+        for i in range(3, 6):
+            run.send(str(i))
+        run.finish()
+        time.sleep(2.0)
+        proxy.set_refuse(False)
+        rest.join(15)
+        assert not rest.is_alive()
+    finally:
+        client.close()
+        proxy.close()
+    assert [e.seq for e in events] == list(range(1, 8))
+    assert [e.data for e in events[:-1]] == [str(i) for i in range(6)]
+
+
+@pytest.mark.fault
+def test_a_blocking_reader_gives_up_past_the_unavailable_timeout(settings, run_id):
+    proxy = Proxy(port_of(settings.redis_url))
+    proxy.set_refuse(True)
+    reading = settings.replace(redis_url=proxy.url, unavailable_timeout=1.5, socket_timeout=1.0)
+    client = sync_client(reading, reader=True)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ReaderError, match=r"unreachable for 1\.5 s"):
+            within(15, lambda: list(read_events(client, run_id, reading)))
+        assert time.monotonic() - started < 1.5 + 5
+    finally:
+        client.close()
+        proxy.close()

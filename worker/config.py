@@ -18,7 +18,12 @@ from typing import Any
 from streaming.errors import ConfigurationError
 from streaming.settings import Settings
 
-__all__ = ["WorkerConfig", "celery_settings"]
+__all__ = ["FLOWER_TASKS_COLUMNS", "WorkerConfig", "celery_settings"]
+
+#: Flower's tasks list for stream runs (``celery -A worker flower --tasks_columns=...``, as the
+#: demo and docker-compose.yml start it): the Result column shows a running run's progress
+#: (``12/49 chunks, last_seq 12, attempt 1``) and a finished one's summary.
+FLOWER_TASKS_COLUMNS = "name,uuid,state,result,received,started,runtime,worker"
 
 #: Environment variable of each ``WorkerConfig`` field (besides ``streaming``).
 ENVIRONMENT = {
@@ -33,8 +38,11 @@ ENVIRONMENT = {
     "max_retries": "WORKER_MAX_RETRIES",
     "progress_interval": "WORKER_PROGRESS_INTERVAL",
     "cancel_check_interval": "WORKER_CANCEL_CHECK_INTERVAL",
+    "sweep_interval": "WORKER_SWEEP_INTERVAL",
+    "store_retries": "WORKER_STORE_RETRIES",
     "send_tracebacks": "WORKER_SEND_TRACEBACKS",
     "generator_modules": "WORKER_GENERATOR_MODULES",
+    "params_schema": "WORKER_PARAMS_SCHEMA",
     "openai_base_url": "OPENAI_BASE_URL",
     "openai_model": "OPENAI_MODEL",
     "openai_api_key": "OPENAI_API_KEY",
@@ -69,10 +77,22 @@ class WorkerConfig:
     #: Least time between two reads of a run's cancel flag, besides the flag every flush
     #: brings back.
     cancel_check_interval: float = 0.2
+    #: How often the worker's main process sweeps the run index: it writes the endings of
+    #: overdue runs (queued too long, or claimed and abandoned) and makes their Celery state
+    #: follow every ending it finds.
+    sweep_interval: float = 5.0
+    #: Retries of one result-backend write (a progress report, a task's result) while the
+    #: store is unreachable; each try waits at most ``STREAMING_SOCKET_TIMEOUT``. Bounds how
+    #: long an outage can hold a task, also when the store is the broker and result backend.
+    store_retries: int = 1
     #: Put the traceback of a generator's error into the run's error message (clients see it).
     send_tracebacks: bool = False
     #: Extra modules, comma separated, whose generators are registered at worker start.
     generator_modules: tuple[str, ...] = ()
+    #: JSON Schema file of the generators' params (``python -m tasks.schemas``): processes
+    #: that start runs check params against it before enqueueing. Default: the built-in
+    #: generators' file, unless ``generator_modules`` adds generators it does not know.
+    params_schema: str | None = None
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
     openai_api_key: str | None = field(default=None, repr=False)
@@ -85,6 +105,8 @@ class WorkerConfig:
             )
         if self.max_attempts < 1 or self.max_retries < 0:
             raise ConfigurationError("WORKER_MAX_ATTEMPTS must be >= 1, WORKER_MAX_RETRIES >= 0")
+        if self.sweep_interval <= 0 or self.store_retries < 0:
+            raise ConfigurationError("WORKER_SWEEP_INTERVAL must be > 0, WORKER_STORE_RETRIES >= 0")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> WorkerConfig:
@@ -146,6 +168,31 @@ def _parse_bool(raw: str) -> bool:
 
 def celery_settings(config: WorkerConfig) -> dict[str, Any]:
     """The Celery settings of the worker and of every process that sends runs to it."""
+    return _task_settings(config) | _bounded_store_settings(config)
+
+
+def _bounded_store_settings(config: WorkerConfig) -> dict[str, Any]:
+    """Bounds on every Redis call Celery makes for a task, so that an outage of a store that
+    is also the broker or result backend cannot hold a task longer than its own deadline
+    (``STREAMING_UNAVAILABLE_TIMEOUT``): Celery's defaults wait 120 s per socket read and
+    retry a result write 20 times."""
+    timeout = config.streaming.socket_timeout
+    broker = {"visibility_timeout": config.visibility_timeout}
+    if config.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        broker |= {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    return {
+        "broker_transport_options": broker,
+        "redis_socket_timeout": timeout,
+        "redis_socket_connect_timeout": timeout,
+        "redis_retry_on_timeout": False,
+        "result_backend_always_retry": False,
+        "result_backend_transport_options": {"retry_policy": {
+            "max_retries": config.store_retries, "interval_start": 0, "interval_step": 0.5,
+            "interval_max": 1}},
+    }
+
+
+def _task_settings(config: WorkerConfig) -> dict[str, Any]:
     return {
         "broker_url": config.broker_url,
         "result_backend": config.result_backend,
@@ -158,10 +205,11 @@ def celery_settings(config: WorkerConfig) -> dict[str, Any]:
         # One message per idle process: a run that takes minutes must not sit prefetched
         # behind another while a sibling process is free.
         "worker_prefetch_multiplier": 1,
-        # Redis broker: a task unacknowledged this long is delivered again. Keep it above the
-        # hard time limit; a copy delivered while the first is alive finds the run busy and
-        # ends quietly (fencing), one delivered after a crash continues the run.
-        "broker_transport_options": {"visibility_timeout": config.visibility_timeout},
+        # Redis broker (``broker_transport_options``, below): a task unacknowledged for
+        # ``visibility_timeout`` is delivered again. Keep it above the hard time limit; a copy
+        # delivered while the first is alive finds the run busy and ends quietly (fencing),
+        # one delivered after a crash continues the run, one delivered after the run ended
+        # (its queue deadline passed) finds it ended and writes nothing.
         "task_soft_time_limit": config.soft_time_limit,
         "task_time_limit": config.time_limit,
         # Flower sees every task from the moment it is sent, and its progress while it runs.

@@ -6,33 +6,40 @@
 - ``task_revoked``: terminated on request (the fallback for a stuck run), or revoked before it
   started: ``cancelled``; expired before it started: ``timeout``.
 
-A requeued task writes nothing here: its next attempt continues the run. Each ending is written
-from a short-lived thread, not the worker's event loop: the dead child's lease must lapse first
-(at most ``lease_ttl``), and the claim skips the ``restarted`` event (nothing restarts).
+A requeued task writes nothing here: its next attempt continues the run. Each ending goes
+through the guarded ending script (``streaming.control.end_run`` with ``when="not_live"``): it
+is written only while no live attempt holds the run, so it can never race a requeued attempt,
+and it is stored like any ending (readers, reconnects and later attempts all see it). It is
+written from a short-lived thread, not the worker's event loop: the dead child's lease must
+lapse first (at most ``lease_ttl``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from billiard.exceptions import WorkerLostError
 from celery import signals
 from celery.exceptions import TimeLimitExceeded
+from redis.exceptions import RedisError
 
-from streaming.errors import RunBusyError, RunClosedError, StreamingError
+from streaming.control import cancel_reason, end_run
 from streaming.wire import Terminal
 from tasks import GENERATE
 
 if TYPE_CHECKING:
     from .factory import StreamingCelery
 
-__all__ = ["connect", "end_run"]
+__all__ = ["connect", "end_run_soon"]
 
 logger = logging.getLogger(__name__)
 _ending: set[str] = set()
 _ending_lock = threading.Lock()
+#: How often the ending is tried again while the dead process's lease has not lapsed yet.
+RETRY_EVERY = 0.25
 
 
 def connect(app: StreamingCelery) -> None:
@@ -42,7 +49,7 @@ def connect(app: StreamingCelery) -> None:
                 **_: Any) -> None:
         if _ours(app, sender) and isinstance(exception, WorkerLostError | TimeLimitExceeded):
             kind = Terminal.TIMEOUT if isinstance(exception, TimeLimitExceeded) else Terminal.LOST
-            end_run(app, _run_id(kwargs), kind, _describe(exception))
+            end_run_soon(app, _run_id(kwargs), kind, _describe(exception))
 
     def revoked(sender: Any = None, request: Any = None, terminated: bool = False,
                 expired: bool = False, **_: Any) -> None:
@@ -50,7 +57,7 @@ def connect(app: StreamingCelery) -> None:
             kind = Terminal.TIMEOUT if expired else Terminal.CANCELLED
             reason = "expired before it started" if expired else (
                 "terminated" if terminated else "revoked")
-            end_run(app, _run_id(getattr(request, "kwargs", None)), kind, reason)
+            end_run_soon(app, _run_id(getattr(request, "kwargs", None)), kind, reason)
 
     signals.task_failure.connect(failure, weak=False)
     signals.task_revoked.connect(revoked, weak=False)
@@ -71,7 +78,7 @@ def _describe(exception: object) -> str:
     return f"the worker process running the run was lost: {exception}"
 
 
-def end_run(app: StreamingCelery, run_id: str | None, kind: Terminal, message: str) -> None:
+def end_run_soon(app: StreamingCelery, run_id: str | None, kind: Terminal, message: str) -> None:
     """Write ``run_id``'s ending from a thread of its own, once per run in this process."""
     with _ending_lock:
         if run_id is None or run_id in _ending:
@@ -82,17 +89,33 @@ def end_run(app: StreamingCelery, run_id: str | None, kind: Terminal, message: s
 
 
 def _end(app: StreamingCelery, run_id: str, kind: Terminal, message: str) -> None:
-    wait = app.config.streaming.lease_ttl + 1.0  # the dead process's lease lapses by then
     try:
-        run = app.stream_writer().open(run_id, wait=wait, announce_restart=False)
-        if kind is Terminal.CANCELLED and run.cancel_requested:
-            message = run.cancel_requested  # the reason the canceller gave
-        run.finish(kind, message)
-        logger.warning("run %s ended by the worker: %s (%s)", run_id, kind.value, message)
-    except (RunBusyError, RunClosedError):
-        logger.info("run %s is served by another attempt or has ended", run_id)
-    except StreamingError:
+        ended = _end_when_not_live(app, run_id, kind, message)
+        if ended is kind:
+            logger.warning("run %s ended by the worker: %s (%s)", run_id, kind.value, message)
+        elif ended is None:
+            logger.info("run %s is served by another live attempt; no ending written", run_id)
+        else:
+            logger.info("run %s had already ended (%s)", run_id, ended)
+    except RedisError:
         logger.exception("could not write the ending of run %s", run_id)
     finally:
         with _ending_lock:
             _ending.discard(run_id)
+
+
+def _end_when_not_live(app: StreamingCelery, run_id: str, kind: Terminal,
+                       message: str) -> Terminal | None:
+    """The guarded ending, tried until the dead process's lease lapses (``lease_ttl`` + 1 s).
+
+    Returns the run's ending after the call, or None if a live attempt still holds it.
+    """
+    settings = app.config.streaming
+    if kind is Terminal.CANCELLED:
+        message = cancel_reason(app.redis, run_id, settings) or message  # the canceller's reason
+    give_up = time.monotonic() + settings.lease_ttl + 1.0
+    while True:
+        ending = end_run(app.redis, run_id, settings, kind, message, when="not_live")
+        if ending is not None or time.monotonic() >= give_up:
+            return None if ending is None else Terminal(ending)
+        time.sleep(RETRY_EVERY)

@@ -7,7 +7,7 @@ from celery import Celery
 from streaming.client import SyncClient, sync_client
 from streaming.writer import StreamWriter, shared_writer
 
-from . import endings, lifecycle
+from . import endings, lifecycle, sweeper
 from .config import WorkerConfig, celery_settings
 
 __all__ = ["StreamingCelery", "create_app"]
@@ -48,8 +48,10 @@ class StreamingCelery(Celery):
 
 
 def create_app(config: WorkerConfig, **kwargs: object) -> StreamingCelery:
-    """A configured app whose worker starts and stops stream writers and ends lost runs."""
+    """A configured app whose worker starts and stops stream writers, ends lost runs and
+    sweeps the run index (see ``worker.sweeper``)."""
     app = StreamingCelery(config, **kwargs)
     lifecycle.connect(app)
     endings.connect(app)
+    sweeper.connect(app)
     return app

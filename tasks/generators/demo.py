@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -11,7 +12,7 @@ from pydantic import Field
 
 from ..registry import Params, RunContext, register
 
-__all__ = ["DemoFailure", "DemoParams", "FailParams", "demo", "demo_fail"]
+__all__ = ["DemoFailure", "DemoParams", "FailParams", "demo", "demo_fail", "demo_total"]
 
 
 class DemoParams(Params):
@@ -31,15 +32,23 @@ class DemoFailure(RuntimeError):
     """What ``demo.fail`` raises."""
 
 
-@register("demo", DemoParams)
+def demo_total(params: DemoParams) -> int:
+    """The chunks a ``demo`` run yields (its progress total)."""
+    return math.ceil(len(params.text) / params.chunk_size)
+
+
+@register("demo", DemoParams, resumable=True, total=demo_total)
 async def demo(params: DemoParams, context: RunContext) -> AsyncIterator[dict[str, Any]]:
     """``params.text`` in ``chunk_size`` pieces, ``rate`` a second; each ``{"text", "index"}``.
 
-    The ``text`` fields, concatenated in seq order, give the input exactly.
+    The ``text`` fields, joined in seq order, give the input exactly. A later attempt of the
+    run continues after the ``context.resumed_chunks`` pieces stored before, so the same holds
+    across restarts.
     """
     size = params.chunk_size
-    for index, start in enumerate(range(0, len(params.text), size)):
-        if index:
+    first = context.resumed_chunks
+    for index, start in enumerate(range(first * size, len(params.text), size), start=first):
+        if index > first:
             await asyncio.sleep(1 / params.rate)
         yield {"text": params.text[start:start + size], "index": index}
 

@@ -17,6 +17,7 @@ import worker_helpers  # noqa: F401  (registers the test generators in this proc
 from celery.contrib.testing.worker import start_worker
 from chat_server import ChatServer
 from worker_helpers import stream_settings
+from worker_procs import WorkerProcess
 
 from streaming.client import sync_client
 from tasks.api import Runs
@@ -56,6 +57,22 @@ def stream_worker(stream_app: StreamingCelery) -> Iterator[Any]:
     with start_worker(stream_app, pool="threads", concurrency=4, perform_ping_check=True,
                       shutdown_timeout=30) as worker:
         yield worker
+
+
+@pytest.fixture
+def worker_factory() -> Iterator[Any]:
+    """Start ``celery -A worker worker`` processes (``worker_procs.WorkerProcess``); every one
+    is stopped (and its children with it) at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(redis_url: str, *args: str, **env: str) -> WorkerProcess:
+        worker = WorkerProcess(redis_url, *args, **env)
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop()
 
 
 @pytest.fixture(scope="session")

@@ -149,8 +149,10 @@ def test_registry_is_an_allow_list_with_typed_params():
 
 def test_redact_hides_secret_looking_keys_at_any_depth():
     shown = redact({"prompt": "hi", "api_key": "sk", "auth": {"Authorization": "Bearer t"},
+                    "headers": {"Authorization": "Bearer t", "accept": "json"},
                     "items": [{"password": "p", "n": 1}]})
-    assert shown == {"prompt": "hi", "api_key": "***", "auth": {"Authorization": "***"},
+    assert shown == {"prompt": "hi", "api_key": "***", "auth": "***",  # the whole value
+                     "headers": {"Authorization": "***", "accept": "json"},
                      "items": [{"password": "***", "n": 1}]}
 
 
@@ -179,3 +181,32 @@ def test_process_init_starts_the_writer_at_once_with_redis_down_and_shutdown_sto
     """
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=60)
+
+
+def test_the_sweep_is_a_step_of_this_apps_workers_only():
+    """The sweep joins the worker blueprint of the app built by create_app, not Celery's
+    global one: another app in the same process starts no sweep."""
+    from celery import Celery
+
+    from worker.factory import create_app
+    from worker.sweeper import SweepStep
+
+    ours = create_app(WorkerConfig.from_env({"REDIS_URL": "redis://store/0"}))
+    other = Celery("other", set_as_current=False)
+    assert SweepStep in ours.steps["worker"]
+    assert SweepStep not in other.steps["worker"]
+
+
+def test_celery_store_calls_are_bounded():
+    """Finding 6: Celery's defaults (120 s socket reads, 20 retries of a result write) let a
+    store outage hold a task far past unavailable_timeout."""
+    config = WorkerConfig.from_env({"REDIS_URL": "redis://store/0",
+                                    "STREAMING_SOCKET_TIMEOUT": "2"})
+    conf = celery_settings(config)
+    assert conf["redis_socket_timeout"] == conf["redis_socket_connect_timeout"] == 2.0
+    assert conf["redis_retry_on_timeout"] is False
+    assert conf["result_backend_transport_options"]["retry_policy"]["max_retries"] == 1
+    assert conf["broker_transport_options"]["socket_timeout"] == 2.0
+    amqp = celery_settings(WorkerConfig.from_env({"REDIS_URL": "redis://store/0",
+                                                  "CELERY_BROKER_URL": "amqp://guest@rabbit//"}))
+    assert "socket_timeout" not in amqp["broker_transport_options"]

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from worker_helpers import read_run, texts
+from worker_helpers import read_run, restarts, shown_text, texts
 from worker_procs import WorkerProcess
 
 from streaming.reader import read_events
@@ -67,19 +67,40 @@ def test_cooperative_cancel_ends_the_run_within_a_second(prefork):
 
 
 @pytest.mark.fault
-def test_sigkill_of_a_child_restarts_the_run_in_another(prefork):
+def test_sigkill_of_a_child_restarts_the_run_in_another_which_continues_exactly(prefork):
+    """Finding 4: the requeued attempt of a resumable generator (``demo``) continues after the
+    chunks stored before; the text joined under the client rule is the input, exactly."""
     run_id = prefork.runs.start("demo", {"text": TEXT, "chunk_size": 3, "rate": 10})
     victim = prefork.wait_progress(run_id, chunks=3)["worker_pid"]
     os.kill(victim, signal.SIGKILL)
     killed = time.monotonic()
     events = events_of(prefork, run_id)
-    restarted = [i for i, e in enumerate(events) if e.event == "restarted"]
-    assert len(restarted) == 1 and json.loads(events[restarted[0]].data) == {"attempt": 2}
-    assert texts(events[restarted[0]:]) == TEXT  # the new attempt streams it all again
+    [restart] = restarts(events)
+    at = [e.event for e in events].index("restarted")
+    assert restart["attempt"] == 2 and restart["resume"] is True
+    assert restart["chunks"] == at and restart["last_seq"] == events[at - 1].seq
+    assert shown_text(events) == TEXT  # nothing repeated, nothing missing
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert events[-1].terminal is Terminal.DONE
     assert time.monotonic() - killed < 30
     assert summary(prefork, run_id)["worker_pid"] != victim
+
+
+@pytest.mark.fault
+def test_a_restarted_generator_that_cannot_resume_starts_over(prefork):
+    """A generator not registered resumable starts over; ``restarted`` says ``resume``
+    false, and a client that drops the earlier output shows the whole output once."""
+    run_id = prefork.runs.start("test.count", {"count": 30, "rate": 10})
+    victim = prefork.wait_progress(run_id, chunks=3)["worker_pid"]
+    os.kill(victim, signal.SIGKILL)
+    events = events_of(prefork, run_id)
+    [restart] = restarts(events)
+    assert (restart["attempt"], restart["resume"], restart["chunks"]) == (2, False, 0)
+    whole = "".join(f"{i}," for i in range(30))
+    at = [e.event for e in events].index("restarted")
+    assert shown_text(events) == texts(events[at:]) == whole
+    assert whole.startswith(texts(events[:at])) and len(texts(events[:at])) >= 6
+    assert events[-1].terminal is Terminal.DONE
 
 
 @pytest.mark.fault

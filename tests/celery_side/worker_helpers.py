@@ -36,6 +36,22 @@ def texts(events: list[StreamEvent]) -> str:
                    if e.terminal is None and e.event == "message")
 
 
+def shown_text(events: list[StreamEvent]) -> str:
+    """The text a client shows under the client rule: a ``restarted`` event whose ``resume``
+    is false drops everything received before it; one whose ``resume`` is true keeps it."""
+    kept: list[StreamEvent] = []
+    for event in events:
+        if event.event == "restarted" and not json.loads(event.data).get("resume"):
+            kept = []
+        kept.append(event)
+    return texts(kept)
+
+
+def restarts(events: list[StreamEvent]) -> list[dict[str, Any]]:
+    """The data of every ``restarted`` event."""
+    return [json.loads(e.data) for e in events if e.event == "restarted"]
+
+
 # -- test-only generators (registered in this process only) -------------------------------
 
 #: What the test generators observed, by run id.
@@ -57,6 +73,20 @@ def ticks(params: TickParams, context: RunContext) -> Iterator[str]:
             time.sleep(params.interval)
     finally:
         seen["closed"] = True
+
+
+class CountParams(Params):
+    count: int = 40
+    rate: float = 10.0
+
+
+@register("test.count", CountParams)
+def count(params: CountParams, context: RunContext) -> Iterator[dict[str, Any]]:
+    """Not resumable: a later attempt starts over from 0 (``resumed_chunks`` stays 0)."""
+    observed.setdefault(context.run_id, {})[context.attempt] = context.resumed_chunks
+    for index in range(params.count):
+        yield {"text": f"{index},"}
+        time.sleep(1 / params.rate)
 
 
 class FlakyParams(Params):

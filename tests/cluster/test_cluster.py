@@ -232,8 +232,11 @@ async def test_idle_readers_cost_few_commands(cluster, settings, redis_client):
         spent = commands_processed(admins) - before - len(admins)  # our own INFO calls
         for task in readers:
             task.cancel()
-    # 200 readers waiting 3 s: at the target of 0.1 command/s each that would be 60.
-    assert spent <= 5, spent
+    # 200 readers waiting 3 s: at the target of 0.1 command/s each that would be 60. Besides
+    # a few, each primary's pubsub connection is pinged once per node_check_interval (the
+    # hung-node check), whatever the number of readers.
+    pings = len(cluster.servers) * (int(3.0 / quiet.node_check_interval) + 1)
+    assert spent <= 5 + pings, spent
 
 
 async def test_a_cut_pubsub_connection_is_subscribed_again(cluster, settings, writer,

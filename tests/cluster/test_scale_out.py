@@ -107,6 +107,7 @@ async def start_and_read(deployment: Deployment) -> tuple[list[str], list[str]]:
     texts = [f"[run {i}] " + "streams that outlive their web process. " * 3 for i in range(RUNS)]
     urls = deployment.urls
     async with httpx.AsyncClient(timeout=60) as http:
+        await http.get(f"{urls[0]}/")  # the page session (a create token in a cookie)
         created = []
         for i, text in enumerate(texts):
             reply = await http.post(f"{urls[i % 2]}/runs",

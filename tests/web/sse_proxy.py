@@ -1,7 +1,8 @@
 """A loopback HTTP proxy that cuts Server-Sent-Events connections mid-stream.
 
 It forwards bytes both ways unchanged. On a connection whose response is
-``text/event-stream`` it counts the events that pass (``id:`` lines) and, after
+``text/event-stream`` it counts the events that pass (``id:`` lines, or another ``marker``
+such as ``data:`` lines for protocols without ids) and, after
 ``cut_after`` of them, closes both sides at once: what a dropped network or a proxy's read
 timeout does to a browser. At most ``max_cuts`` connections are cut.
 """
@@ -16,8 +17,10 @@ _ID = b"\nid: "
 
 
 class CuttingProxy:
-    def __init__(self, target_port: int, *, cut_after: int, max_cuts: int = 1000) -> None:
+    def __init__(self, target_port: int, *, cut_after: int, max_cuts: int = 1000,
+                 marker: bytes = _ID) -> None:
         self.target_port = target_port
+        self.marker = marker
         self.cut_after = cut_after
         self.max_cuts = max_cuts
         self.cuts = 0
@@ -60,10 +63,10 @@ class CuttingProxy:
             while data := source.recv(65536):
                 sink.sendall(data)
                 # The tail is too short to hold a whole marker: each one is counted once.
-                window, tail = tail + data, (tail + data)[-len(_ID) + 1:]
+                window, tail = tail + data, (tail + data)[-len(self.marker) + 1:]
                 streaming = streaming or b"text/event-stream" in data
                 if streaming:
-                    seen += window.count(_ID)
+                    seen += window.count(self.marker)
                     if seen >= self.cut_after and self._take_cut():
                         break
         _close(source, sink)

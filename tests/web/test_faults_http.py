@@ -153,7 +153,8 @@ def produce(run: RunWriter, count: int, pause: float) -> threading.Thread:
 # -- case 4: disconnects at 10 %, 50 % and 90 % of a live run ----------------------------------
 
 
-@pytest.mark.parametrize("form", ["Last-Event-ID", "POST starting_after"])
+# (POST starting_after answers in Letta's protocol: tests/web/test_letta_sdk.py resumes by it.)
+@pytest.mark.parametrize("form", ["Last-Event-ID", "starting_after"])
 def test_resuming_by_cursor_joins_to_the_full_output_byte_for_byte(app, writer, redis_client,
                                                                    run_id, form):
     count = 99  # and the terminal event: 100 events
@@ -167,7 +168,7 @@ def test_resuming_by_cursor_joins_to_the_full_output_byte_for_byte(app, writer, 
         if cursor is not None and form == "Last-Event-ID":
             request["headers"] = {"Last-Event-ID": str(cursor)}
         elif cursor is not None:
-            method, request["json"] = "POST", {"starting_after": cursor}
+            request["params"]["starting_after"] = str(cursor)
         with httpx.Client(timeout=10) as client, \
                 client.stream(method, app.stream(run_id), **request) as response:
             assert response.status_code == 200

@@ -24,6 +24,7 @@ def app_client(settings: Settings, celery_runs: Runs) -> Iterator[httpx.Client]:
     settings = settings.replace(token_secret=SECRET)
     with ServerThread(create_app(settings, launcher=celery_runs)) as server, \
             httpx.Client(base_url=server.url, timeout=10) as client:
+        client.get("/")  # the page session's cookie: it lets the client start runs
         yield client
 
 
@@ -58,12 +59,19 @@ def test_cancel_ends_the_stream_with_a_cancelled_event(app_client: httpx.Client)
     assert app_client.post(run["cancel_url"]).status_code == 409  # already ended
 
 
-def test_cancel_needs_the_runs_token(app_client: httpx.Client):
+def test_cancel_needs_a_cancel_token_of_the_run(app_client: httpx.Client):
     first = app_client.post("/runs", json={"rate": 200.0}).json()
     second = app_client.post("/runs", json={"rate": 200.0}).json()
-    assert app_client.post(f"/runs/{first['run_id']}/cancel").status_code == 401
-    wrong = app_client.post(f"/runs/{first['run_id']}/cancel", params={"token": second["token"]})
-    assert wrong.status_code == 403
+    cancel = f"/runs/{first['run_id']}/cancel"
+    with httpx.Client(base_url=app_client.base_url, timeout=10) as bare:
+        assert bare.post(cancel).status_code == 401
+        wrong = bare.post(cancel, params={"token": second["cancel_token"]})
+        assert wrong.status_code == 403
+        read = bare.post(cancel, params={"token": first["token"]})  # a read token
+        assert read.status_code == 403 and "does not allow cancel" in read.text
+        assert bare.get(first["stream_url"].replace(first["token"], first["cancel_token"])
+                        ).status_code == 403  # and a cancel token does not read
+    assert app_client.post(cancel).status_code == 403  # the run's cookie holds a read token
 
 
 @pytest.mark.parametrize("body", [b"{", b"[]", b'{"rate": "fast"}', b'{"text": 5}',
@@ -80,3 +88,22 @@ def test_the_page_and_its_script_are_served(app_client: httpx.Client):
     assert '<script src="/static/app.js">' in page.text
     script = app_client.get("/static/app.js")
     assert script.status_code == 200 and "new EventSource(" in script.text
+
+
+def test_recent_runs_list_newest_first_with_state_progress_and_no_tokens(
+        app_client: httpx.Client):
+    first = app_client.post("/runs", json={"rate": 500.0, "chunk_size": 40}).json()
+    follow(app_client, first["stream_url"])  # it has ended
+    second = app_client.post("/runs", json={"rate": 1.0}).json()  # still going
+    listed = app_client.get("/runs", params={"limit": 2})
+    assert listed.status_code == 200
+    body = listed.json()
+    assert [r["run_id"] for r in body["runs"]] == [second["run_id"], first["run_id"]]
+    ended = body["runs"][1]
+    assert (ended["state"], ended["terminal"]) == ("ended", "done")
+    assert ended["total"] == -(-len(DEMO_TEXT) // 40) and ended["last_seq"] == ended["total"] + 1
+    assert body["runs"][0]["terminal"] is None and body["runs"][0]["total"] > 0
+    assert first["token"] not in listed.text and "token" not in listed.text
+    assert app_client.post(second["cancel_url"]).status_code == 202
+    assert app_client.get("/runs", params={"limit": "0"}).status_code == 400
+    assert httpx.get(f"{app_client.base_url}/runs", timeout=10).status_code == 401  # no session

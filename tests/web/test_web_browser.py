@@ -10,15 +10,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from starlette.applications import Starlette
+from starlette.responses import HTMLResponse
+from starlette.routing import Route
 
 from examples.app import DEMO_TEXT, create_app
 from streaming.client import sync_client
 from streaming.reader import read_events
 from streaming.settings import Settings
+from streaming.web import StreamEndpoints
+from streaming.writer import StreamWriter
 from tasks.api import Runs
 from tests.conftest import require
 from tests.web.http_server import ServerThread
@@ -102,3 +110,151 @@ def test_cancel_button_ends_the_page_cleanly(browser: object, settings: Settings
         shown = page.text_content("#output") or ""
     assert state == "cancelled" and closed
     assert 0 < len(shown) < len(DEMO_TEXT)
+
+
+def seqs_at_least(count: int) -> str:
+    return ("(document.querySelector('#output').dataset.seqs || '')"
+            f".split(',').filter(Boolean).length >= {count}")
+
+
+@pytest.mark.slow
+def test_page_survives_a_reload_mid_run(browser: object, settings: Settings, celery_runs: Runs):
+    """Reload mid-run: the page finds its run in the URL and its text and cursor in session
+    storage, resumes after its last event id, and ends with the run's output exactly."""
+    settings = settings.replace(token_secret="browser-test-" + "s" * 32)
+    app = create_app(settings, launcher=celery_runs, flower_url="http://flower.test:5555/")
+    with ServerThread(app) as server:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})  # type: ignore[attr-defined]
+        page.goto(server.url + "/")
+        page.select_option("#rate", "10")
+        page.click("#start")
+        page.wait_for_function(seqs_at_least(5), timeout=30_000)
+        url = page.url
+        page.reload()
+        page.wait_for_function(seqs_at_least(12), timeout=30_000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "page-resumed-after-reload.png"))
+        page.wait_for_selector("body[data-finished]", timeout=60_000)
+        run_id = page.text_content("#run-id") or ""
+        shown = page.text_content("#output")
+        seqs = page.get_attribute("#output", "data-seqs")
+        state = page.get_attribute("body", "data-finished")
+        reconnects = int(page.text_content("#reconnects") or 0)
+        flower = page.get_attribute("#flower-link", "href")
+        page.wait_for_function(
+            f"document.querySelector('#runs tbody').textContent.includes('{run_id[:12]}')",
+            timeout=10_000)
+        listed = page.text_content("#runs tbody") or ""
+        page.reload()  # after the end: the saved view, no new connection
+        page.wait_for_selector("body[data-finished]", timeout=10_000)
+        again = page.text_content("#output")
+        reconnected = page.evaluate("source === null")
+    text, stored = full_text(settings, run_id)
+    assert url.endswith(f"?run={run_id}")
+    assert state == "done" and reconnects == 1
+    assert shown == text == again
+    assert [int(s) for s in (seqs or "").split(",")] == stored  # every chunk once
+    assert flower == f"http://flower.test:5555/task/{run_id}"
+    assert "done" in listed
+    assert reconnected
+
+
+@pytest.mark.slow
+def test_drop_button_shows_the_resume(browser: object, settings: Settings, celery_runs: Runs):
+    settings = settings.replace(token_secret="browser-test-" + "s" * 32)
+    with ServerThread(create_app(settings, launcher=celery_runs)) as server:
+        page = browser.new_page()  # type: ignore[attr-defined]
+        page.goto(server.url + "/")
+        page.select_option("#rate", "10")
+        page.click("#start")
+        page.wait_for_function(seqs_at_least(3), timeout=30_000)
+        page.click("#drop")
+        page.wait_for_selector("body[data-finished]", timeout=60_000)
+        run_id = page.text_content("#run-id") or ""
+        shown = page.text_content("#output")
+        seqs = page.get_attribute("#output", "data-seqs")
+        log = page.text_content("#events") or ""
+        reconnects = int(page.text_content("#reconnects") or 0)
+    text, stored = full_text(settings, run_id)
+    assert reconnects == 1 and "connection dropped after #" in log and "resumed after #" in log
+    assert shown == text
+    assert [int(s) for s in (seqs or "").split(",")] == stored
+
+
+def readme_snippet() -> str:
+    """The README's plain EventSource client, as printed there."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("#### A plain `EventSource` that resumes across reloads", 1)[1]
+    return section.split("```js\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.slow
+def test_readme_eventsource_snippet_resumes_across_a_reload(browser: object, settings: Settings,
+                                                             writer: StreamWriter):
+    """The README's snippet, verbatim in a page: reload mid-run, the text ends exact."""
+    settings = settings.replace(token_secret="browser-test-" + "s" * 32)
+    streams = StreamEndpoints(settings)
+    run_id = f"run-{uuid.uuid4().hex}"
+    url = f"/runs/{run_id}/stream?token={streams.issue_token(run_id)}"
+    setup = ("if (!sessionStorage.getItem('run')) sessionStorage.setItem('run', "
+             f"JSON.stringify({{url: '{url}', last: '', text: ''}}));")
+    html = (f"<!doctype html><div id='output'></div><script>{setup}</script>"
+            f"<script>{readme_snippet()}</script>")
+
+    async def page_route(request: object) -> HTMLResponse:
+        return HTMLResponse(html)
+
+    app = Starlette(routes=[Route("/", page_route), *streams.routes], lifespan=streams.lifespan)
+    texts = [f"part {i}, " for i in range(40)]
+
+    def produce() -> None:
+        handle = writer.open(run_id)
+        for text in texts:
+            handle.send(json.dumps({"text": text}))
+            handle.flush()
+            time.sleep(0.05)
+        handle.finish()
+
+    producer = threading.Thread(target=produce)
+    with ServerThread(app) as server:
+        page = browser.new_page()  # type: ignore[attr-defined]
+        producer.start()
+        page.goto(server.url + "/")
+        page.wait_for_function("document.querySelector('#output').textContent.length > 30",
+                               timeout=30_000)
+        page.reload()
+        page.wait_for_function("JSON.parse(sessionStorage.getItem('run')).last === '41'",
+                               timeout=30_000)
+        shown = page.text_content("#output")
+        producer.join(10)
+    assert shown == "".join(texts)
+
+
+@pytest.mark.slow
+def test_page_drops_the_output_of_an_attempt_that_started_over(
+        browser: object, settings: Settings, writer: StreamWriter):
+    """The client rule: ``restarted`` without ``"resume": true`` drops what came before."""
+    settings = settings.replace(token_secret="browser-test-" + "s" * 32)
+    run_id = f"run-{uuid.uuid4().hex}"
+    first = writer.open(run_id)
+    first.send(json.dumps({"text": "abandoned "}))
+    first.release()
+    second = writer.open(run_id)  # stores `restarted` first
+    for text in ("kept ", "text"):
+        second.send(json.dumps({"text": text}))
+    second.finish()
+    app = create_app(settings, launcher=object())  # type: ignore[arg-type]
+    token = app.state.streams.issue_token(run_id)
+    known = {run_id: {"run_id": run_id, "stream_url": f"/runs/{run_id}/stream?token={token}",
+                      "cancel_url": "", "started": 1}}
+    with ServerThread(app) as server:
+        page = browser.new_page()  # type: ignore[attr-defined]
+        page.goto(server.url + "/")
+        page.evaluate(f"localStorage.setItem('celery-streaming:runs', '{json.dumps(known)}')")
+        page.goto(f"{server.url}/?run={run_id}")
+        page.wait_for_selector("body[data-finished]", timeout=30_000)
+        shown = page.text_content("#output")
+        notices = page.text_content("#notices") or ""
+        attempt = page.text_content("#attempt")
+    assert shown == "kept text"
+    assert "attempt 2 started over" in notices and attempt == "2"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -62,3 +63,10 @@ def test_demo_uses_the_given_redis(redis_url: str):
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     assert client.hget(f"sse:run:{run_id[1]}:meta", "end") == "done"
     client.close()
+    # The printed tail command, copied as it is (with this test's Python), replays the run.
+    tail = re.search(r"^  (REDIS_URL=\S+) python (-m streaming tail \S+)$", done.stdout, re.M)
+    assert tail is not None and tail[2].endswith(run_id[1]), done.stdout
+    tailed = subprocess.run(f"{tail[1]} {shlex.quote(sys.executable)} {tail[2]}", shell=True,
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert tailed.returncode == 0, tailed.stderr
+    assert tailed.stdout.splitlines()[-1] == "[DONE]"

@@ -93,10 +93,31 @@ def events_of(web: Web, method: str, run_id: str, *, limit: int | None = None,
         for event in source.iter_sse():
             if event.data == "":
                 continue  # the retry: frame
+            if method == "POST":  # Letta's protocol: back to the stored data
+                event = stored_form(event)
+                if event is None:
+                    continue
             events.append(event)
             if limit is not None and len(events) >= limit:
                 break
     return 200, events
+
+
+#: The fields Letta's protocol adds to a chunk it serves as an assistant message.
+LETTA_FIELDS = {"message_type", "id", "date", "content", "seq_id", "run_id"}
+
+
+def stored_form(event: ServerSentEvent) -> ServerSentEvent | None:
+    """A Letta-protocol event as the stored chunk it came from; None for its stop reason."""
+    if event.data == "[DONE]":
+        return event
+    message = json.loads(event.data)
+    if message["message_type"] == "stop_reason":
+        return None
+    assert message["message_type"] == "assistant_message" and message["seq_id"] == int(event.id)
+    rest = {k: v for k, v in message.items() if k not in LETTA_FIELDS}
+    data = json.dumps(rest) if rest else message["content"]
+    return ServerSentEvent(event.event, data, event.id, event.retry)
 
 
 def resume_request(form: str, cursor: int) -> dict[str, Any]:
@@ -253,8 +274,9 @@ def test_no_pings_when_the_post_body_says_so(web_settings: Settings, writer: Str
                 "POST", web.stream_url(run_id), params={"token": web.token(run_id)},
                 json={"include_pings": False}, timeout=timeout) as response:
             lines.extend(response.iter_lines())
-        assert "data: first" in lines
-        assert ": ping" not in lines
+        assert [json.loads(line[6:])["content"] for line in lines if line[:5] == "data:"] \
+            == ["first"]
+        assert ": ping" not in lines and not any('"ping"' in line for line in lines)
     handle.finish()
 
 
@@ -331,8 +353,9 @@ def test_bearer_token_and_custom_auth_hook(web_settings: Settings,
     run_id, _datas = done_run
     seen: list[str] = []
 
-    async def hook(request: Any, asked: str) -> bool:
+    async def hook(request: Any, asked: str, scope: str) -> bool:
         seen.append(asked)
+        assert scope == "read"
         return request.headers.get("x-user") == "alice"
 
     streams = StreamEndpoints(web_settings, auth=hook)
