@@ -3,11 +3,12 @@
 A hub that blocks on one ``XREAD`` over every followed stream sends every followed key again
 each time any of them gets an entry: with thousands of quiet runs followed, that is the cost
 of every round, on the client and on the server. Instead, after each flush our writer
-publishes the stream keys it wrote to on one channel (``wire.DOORBELL``: one message per
-flush, whatever the number of runs in it), the guarded ``END`` publishes a run's new last seq
+publishes the stream keys it wrote to on one shard channel (``wire.DOORBELL``, ``SPUBLISH``,
+which the project's ACL users may already use: one message per flush, whatever the number of
+runs in it), the guarded ``END`` publishes a run's new last seq
 on the run's shard channel (``RunKeys.notify``), and the ``DoorbellFollower``:
 
-- subscribes to the doorbell channel and (``SSUBSCRIBE``) to the channel of each followed run,
+- subscribes (``SSUBSCRIBE``) to the doorbell channel and to the channel of each followed run,
   on one pubsub connection;
 - on a message marks the followed runs it names, and reads the marked runs together in one
   non-blocking ``XREAD`` from their positions (through the hub's shared client), handing the
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 from redis.retry import Retry
 
 from .client import TRANSIENT, async_client
@@ -134,6 +135,17 @@ class DoorbellFollower(Follower):
                 await self._subscriptions()
                 await self._read_dirty()
                 delay = _BACKOFF_MIN
+            except NoPermissionError as exc:
+                # The server's ACL grants no channels: no doorbell rings; runs are still read
+                # at their liveness checks. Grant ``&sse:*`` (deploy/redis.acl) or set
+                # STREAMING_DOORBELL=false.
+                logger.error("reader hub: doorbells refused (%s): readers wait for liveness "
+                             "checks; grant the channels &sse:* or set STREAMING_DOORBELL=false",
+                             exc)
+                self.subscribe.clear()
+                self._doorbell = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
             except TRANSIENT as exc:
                 logger.warning("reader hub: doorbell read failed (%s), retrying in %.2f s",
                                exc, delay)
@@ -146,7 +158,7 @@ class DoorbellFollower(Follower):
     async def _subscriptions(self) -> None:
         if self._doorbell:
             self._doorbell = False
-            await self.pubsub.subscribe(DOORBELL)
+            await self.pubsub.ssubscribe(DOORBELL)
             self._listen_soon()
         if self.unsubscribe:
             channels, self.unsubscribe = list(self.unsubscribe), {}
@@ -211,17 +223,21 @@ class DoorbellFollower(Follower):
             if not self.closed:
                 logger.warning("reader hub: doorbells stopped (%s); subscribing again", exc)
                 await self._reconnect()
+        except NoPermissionError as exc:  # a confirmation refused by the ACL: see run()
+            logger.error("reader hub: doorbells refused: %s", exc)
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind, channel = message["type"], message["channel"]
-        if kind == "message":
-            self._rang(message["data"])
-        elif kind == "smessage":
-            self._notified(channel, message["data"])
+        if kind == "smessage":
+            if channel == DOORBELL:
+                self._rang(message["data"])
+            else:
+                self._notified(channel, message["data"])
         elif kind == "ssubscribe":
-            self._confirmed(channel)
-        elif kind == "subscribe":
-            self._listening()
+            if channel == DOORBELL:
+                self._listening()
+            else:
+                self._confirmed(channel)
 
     async def _reconnect(self) -> None:
         """Drop the pubsub connection; subscribe every followed run again and read them all."""

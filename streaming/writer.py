@@ -439,7 +439,7 @@ class StreamWriter:
                 if self.settings.doorbell and not self.settings.cluster:
                     # One message per flush for every hub (streaming.doorbell), after the
                     # writes it announces; a cluster's runs ring their shard channels instead.
-                    pipe.execute_command("PUBLISH", DOORBELL,
+                    pipe.execute_command("SPUBLISH", DOORBELL,
                                          " ".join(run.keys.stream for run, *_ in batch))
                 replies = (await pipe.execute(raise_on_error=False))[:len(batch)]
         except _TRANSIENT as exc:
