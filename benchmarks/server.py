@@ -22,7 +22,7 @@ from streaming import scripts
 
 from .stats import percentile
 
-__all__ = ["CommandMeter", "round_trip", "xadd_ceiling"]
+__all__ = ["CommandMeter", "append_ceiling", "round_trip", "xadd_ceiling"]
 
 CEILING_PREFIX = "bench:ceiling:"
 #: A frame of the size the scenarios write (an LLM token delta as JSON, about 100 bytes).
@@ -93,6 +93,41 @@ def xadd_ceiling(url: str, requests: int) -> dict[str, Any]:
         return _raw_client(url, requests)
     finally:
         _clean(url)
+
+
+def append_ceiling(url: str, runs: int, chunks: int, per_call: int = 100) -> dict[str, Any]:
+    """Chunks per second the server stores through our own write step, the ``APPEND`` script,
+    driven as fast as one synchronous redis-py client (hiredis: replies parsed and commands
+    packed in C) can: ``runs`` runs claimed with ``CLAIM``, then pipelines of one ``EVALSHA
+    APPEND`` of ``per_call`` chunks per run, until each run has ``chunks``."""
+    client = redis.Redis.from_url(url)
+    try:
+        return _append_rounds(client, runs, chunks, per_call)
+    finally:
+        client.close()
+        _clean(url)
+
+
+def _append_rounds(client: redis.Redis, runs: int, chunks: int, per_call: int) -> dict[str, Any]:
+    token = "ceiling"
+    keys = [(f"{CEILING_PREFIX}{i}", f"{CEILING_PREFIX}{i}:meta", f"{CEILING_PREFIX}{i}:lease")
+            for i in range(runs)]
+    claim, append = client.script_load(scripts.CLAIM.source), client.script_load(
+        scripts.APPEND.source)
+    for run in keys:
+        client.evalsha(claim, 3, *run, token, 60_000, 3600, "0")
+    frames = [PAYLOAD] * per_call
+    started = time.perf_counter()
+    for first in range(1, chunks + 1, per_call):
+        pipe = client.pipeline(transaction=False)
+        for run in keys:
+            pipe.evalsha(append, 3, *run, token, 60_000, 3600, 3600, 10_000, first, "",
+                         int(time.time() * 1000), "", 1, *frames)
+        pipe.execute()
+    elapsed = time.perf_counter() - started
+    return {"source": f"the APPEND script: {runs} runs, pipelines of one call of {per_call} "
+                      "100-byte chunks per run, one sync redis-py client (hiredis)",
+            "per_second": runs * chunks / elapsed}
 
 
 def round_trip(url: str, requests: int) -> dict[str, Any]:

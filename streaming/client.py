@@ -19,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .errors import ConfigurationError
+from .packing import PackedConnection
 from .settings import CLUSTER_SCHEME, Settings
 
 __all__ = ["TRANSIENT", "AsyncClient", "SyncClient", "async_client", "server_url", "sync_client"]
@@ -69,6 +70,8 @@ def async_client(settings: Settings, *, reader: bool = False, max_connections: i
     options.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
     if settings.cluster:
         return acluster.RedisCluster.from_url(url, **options)
+    if url.startswith("redis://"):  # commands packed in C (TLS and unix sockets: redis-py's)
+        options.setdefault("connection_class", PackedConnection)
     if max_connections is None:
         return aredis.Redis.from_url(url, **options)  # type: ignore[arg-type]
     pool = aredis.BlockingConnectionPool.from_url(

@@ -145,10 +145,14 @@ class RunCursor:
         Lazy: the cursor moves as each event is taken, so a consumer that stops early
         resumes from the last event it took, not the last one fetched.
         """
+        last = id_key(self.last_id)
         for entry_id, fields in entries:
-            if self.done or not self.is_newer(entry_id):
+            if self.done:
                 continue
-            self.last_id = entry_id
+            key = id_key(entry_id)
+            if key <= last:
+                continue
+            self.last_id, last = entry_id, key
             seq = int(fields.get("seq_id", 0))
             if seq <= self.after:
                 # A seed stream's duplicate numbering, or an entry from before the cursor; if it

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -38,16 +39,52 @@ _STATUS_KEYS = 300  # runs per status request
 
 @dataclass(eq=False)
 class Sub:
-    """One reader following one run: the entries handed to it and not taken yet."""
+    """One reader following one run: the entries handed to it and not taken yet.
+
+    Woken with ``wake()`` (the follower, once per batch it hands over) and waited on with
+    ``wait()`` (the reader): a plain future of the loop per wait, made and resolved in C, not
+    an ``asyncio.Event`` (whose every wait asks for the running loop, a ``getpid()`` system call
+    on Python 3.11, and goes through a waiters deque in Python).
+    """
 
     cursor: RunCursor
     sent_id: str  # newest entry handed to this reader
     entries: list[Entry] = field(default_factory=list)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
     lagged: bool = False
     status: RunStatus | None = None
     #: The store refused this process the guarded ending: the reader makes it up.
     unwritable: bool = False
+    ready: bool = False
+    waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        """Something changed for this reader (entries, a status, its end)."""
+        self.ready = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, loop: asyncio.AbstractEventLoop, timeout: float | None = None) -> bool:
+        """Until ``wake()`` was called (at once if it was since the last wait): True; False
+        when ``timeout`` seconds passed first."""
+        if not self.ready:
+            waiter = self.waiter = loop.create_future()
+            timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                self.waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if not self.ready:
+                return False
+        self.ready = False
+        return True
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class Follower:
@@ -68,6 +105,9 @@ class Follower:
         self.reads = 0
         #: Per followed stream key, when (``time.monotonic()``) to check the run's status.
         self.check_at: dict[str, float] = {}
+        #: No check is due before this (a lower bound of ``check_at``'s values, made exact at
+        #: each check): the minimum over thousands of runs is not taken on every read.
+        self._earliest = math.inf
 
     async def run(self) -> None:
         raise NotImplementedError
@@ -82,6 +122,7 @@ class Follower:
         at = time.monotonic() + (longest if check_in is None else min(check_in, longest))
         if new or at < self.check_at[key]:
             self.check_at[key] = at
+            self._earliest = min(self._earliest, at)
             if not new:
                 self._sooner()
         if new or id_key(sub.sent_id) < id_key(self.pos[key]):
@@ -124,7 +165,7 @@ class Follower:
         longest = self.hub.settings.liveness_interval
         if not self.check_at:
             return longest
-        return min(min(self.check_at.values()) - time.monotonic(), longest)
+        return min(self._earliest - time.monotonic(), longest)
 
     def dispatch(self, key: str, after: str, entries: list[Entry]) -> None:
         """Hand ``entries`` (read from just ``after``) to the readers of ``key``."""
@@ -134,16 +175,18 @@ class Follower:
         limit = self.hub.settings.reader_queue
         behind: str | None = None
         self._heard(key)
+        start, first = id_key(after), id_key(entries[0][0])
         for sub in list(subs):
-            if id_key(sub.sent_id) < id_key(after):
+            sent = id_key(sub.sent_id)
+            if sent < start:
                 # It joined, further back, while this read was in flight: the batch does not
                 # start where it is. It gets the next read, from its own position.
-                if behind is None or id_key(sub.sent_id) < id_key(behind):
+                if behind is None or sent < id_key(behind):
                     behind = sub.sent_id
                 continue
             new = entries
-            if id_key(entries[0][0]) <= id_key(sub.sent_id):
-                new = [e for e in entries if id_key(e[0]) > id_key(sub.sent_id)]
+            if first <= sent:
+                new = [e for e in entries if id_key(e[0]) > sent]
             if not new:
                 continue
             if len(sub.entries) + len(new) > limit:
@@ -152,7 +195,7 @@ class Follower:
             else:
                 sub.entries.extend(new)
                 sub.sent_id = new[-1][0]
-            sub.wake.set()
+            sub.wake()
         if key in self.pos:
             self.pos[key] = entries[-1][0] if behind is None else behind
             if behind is not None:
@@ -162,7 +205,7 @@ class Follower:
         """The key is not a run (another type): end its readers as if it were missing."""
         for sub in self.subs.pop(key, ()):
             sub.status = NOT_A_RUN
-            sub.wake.set()
+            sub.wake()
         self.pos.pop(key, None)
         self.check_at.pop(key, None)
         self._unfollowed(key)
@@ -177,6 +220,7 @@ class Follower:
         due = [key for key, at in self.check_at.items() if at <= now + longest / 2]
         for key in due:  # checked again after this unless the check says sooner
             self.check_at[key] = now + longest
+        self._earliest = min(self.check_at.values(), default=math.inf)
         for start in range(0, len(due), _STATUS_KEYS):
             keys = [k for k in due[start:start + _STATUS_KEYS] if k in self.subs]
             runs = [next(iter(self.subs[k])).cursor.keys for k in keys]
@@ -208,10 +252,12 @@ class Follower:
                 logger.warning("reader hub: storing an overdue run's ending failed: %s", exc)
         elif key in self.check_at:
             longest = self.hub.settings.liveness_interval
-            self.check_at[key] = time.monotonic() + cursor.next_check(status, longest)
+            at = time.monotonic() + cursor.next_check(status, longest)
+            self.check_at[key] = at
+            self._earliest = min(self._earliest, at)
         for sub in self.subs.get(key, ()):
             sub.status, sub.unwritable = status, unwritable
-            sub.wake.set()
+            sub.wake()
 
     async def close(self, timeout: float) -> None:
         """Stop reading (readers still waiting end with the hub's error)."""
@@ -225,7 +271,7 @@ class Follower:
         await self._close_connections()
         for subs in self.subs.values():
             for sub in subs:
-                sub.wake.set()
+                sub.wake()
 
     async def _close_connections(self) -> None:
         """Close the connections this follower owns."""

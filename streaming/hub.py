@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
@@ -33,6 +33,7 @@ from . import cluster, control
 from . import metrics as _metrics
 from .client import TRANSIENT, AsyncClient, async_client
 from .cursor import NOT_A_RUN, Entry, RunCursor, RunStatus, wrong_type, xread_reply
+from .doorbell import DoorbellFollower
 from .errors import ReaderError, StreamGoneError
 from .fanout import Follower, Sub
 from .settings import Settings
@@ -46,6 +47,9 @@ _BATCH = 500
 #: a burst of new readers waits its turn on these instead of opening one connection each.
 _POOL = 16
 _TRANSIENT = TRANSIENT
+#: States of a run the store knows (meta written by our writer or ``mark_pending``): our
+#: writers ring its doorbell. A run without them (the seed's) is followed by blocking reads.
+_RINGING = frozenset({"pending", "live", "idle"})
 #: Longest shared blocking read when ``CLIENT UNBLOCK`` is refused (the slower fallback).
 NO_UNBLOCK_BLOCK = 1.0
 
@@ -188,8 +192,12 @@ class ReaderHub:
         self.client = client or async_client(settings, reader=not settings.cluster,
                                              max_connections=_POOL)
         self._connections = connections
-        self._shards: list[Follower] = []
+        self._shards: list[Follower] = []  # every follower
+        self._blocking: list[Follower] = []  # the blocking XREAD ones (single server)
+        self._doorbell: Follower | None = None  # runs our writers ring (single server)
         self.readers = 0
+        #: Readers that started reading so far (``streaming.gcpolicy`` freezes after joins).
+        self.joins = 0
         # At most this many catch-up reads and status checks at once: a single server's pool
         # waits for a free connection, a cluster client fails past its limit instead.
         self._gate = asyncio.Semaphore(_POOL)
@@ -200,7 +208,11 @@ class ReaderHub:
         if self.settings.cluster:
             self._shards = [cluster.ClusterFollower(self)]
         else:
-            self._shards = [_Shard(self, i) for i in range(self._connections)]
+            self._blocking = [_Shard(self, i) for i in range(self._connections)]
+            self._shards = list(self._blocking)
+            if self.settings.doorbell:
+                self._doorbell = DoorbellFollower(self)
+                self._shards.append(self._doorbell)
         for shard in self._shards:
             shard.task = asyncio.get_running_loop().create_task(shard.run())
         return self
@@ -209,7 +221,7 @@ class ReaderHub:
         """Stop the shared reads (readers still iterating end with the hub's error)."""
         for shard in self._shards:
             await shard.close(timeout)
-        self._shards = []
+        self._shards, self._blocking, self._doorbell = [], [], None
         if self._own_client:
             await self.client.aclose()
 
@@ -231,6 +243,7 @@ class ReaderHub:
         return {
             "readers": self.readers,
             "followed": sum(len(s.subs) for s in self._shards),
+            "following": sum(len(subs) for s in self._shards for subs in s.subs.values()),
             "blocking_reads": sum(s.reads for s in self._shards),
         }
 
@@ -240,8 +253,14 @@ class ReaderHub:
         return bool(self._shards) and all(
             s.task is not None and not s.task.done() and not s.closed for s in self._shards)
 
-    def _shard(self, key: str) -> Follower:
-        return self._shards[hash(key) % len(self._shards)]
+    def _shard(self, key: str, rings: bool = False) -> Follower:
+        """The follower of ``key``: in a cluster the one there is; on one server the doorbell
+        one for a run our writers ring (``rings``), else a blocking one."""
+        if self.settings.cluster:
+            return self._shards[0]
+        if rings and self._doorbell is not None:
+            return self._doorbell
+        return self._blocking[hash(key) % len(self._blocking)]
 
     async def statuses(self, runs: list[RunKeys]) -> list[RunStatus]:
         """Status of many runs in one command (in a cluster: one per slot, in one pipeline)."""
@@ -278,6 +297,7 @@ class HubReader:
         self._check_in: float | None = None
         #: The run's attempt when it was opened (for log lines), None before.
         self.attempt: int | None = None
+        self._rings = False  # our writers announce its entries (streaming.doorbell)
 
     @property
     def terminal(self) -> Terminal | None:
@@ -305,6 +325,7 @@ class HubReader:
             self.attempt = status.attempt
             self._start = cursor.check_start(status)
             self._check_in = cursor.next_check(status, self.hub.settings.liveness_interval)
+            self._rings = status.state in _RINGING
             if cursor.overdue(status):
                 try:  # stored here, then read like any entry
                     await self.hub.end_overdue(cursor.keys)
@@ -316,9 +337,16 @@ class HubReader:
                     self._start = cursor.check_alive(status, unwritable=True)
         return self
 
-    async def __aiter__(self) -> AsyncIterator[Event]:
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return cast(AsyncIterator[Event], self.timed(None))
+
+    async def timed(self, idle: float | None) -> AsyncIterator[Event | None]:
+        """The events, with ``None`` after every ``idle`` seconds without one while the reader
+        waits for the run (``None``: never). A web response sends a keepalive for each
+        ``None``: the wait's own timer, not a task and a ``wait()`` per event."""
         cursor = self.cursor
         self.hub.readers += 1
+        self.hub.joins += 1
         try:
             await self.open()
             start, self._start = self._start or [], []
@@ -328,8 +356,8 @@ class HubReader:
                 async for event in self._catch_up():
                     yield event
                 if not cursor.done:
-                    async for event in self._follow():
-                        yield event
+                    async for maybe in self._follow(idle):
+                        yield maybe
         finally:
             self.hub.readers -= 1
 
@@ -351,15 +379,17 @@ class HubReader:
             if len(entries) < count:
                 return
 
-    async def _follow(self) -> AsyncIterator[Event]:
+    async def _follow(self, idle: float | None) -> AsyncIterator[Event | None]:
         cursor = self.cursor
-        shard = self.hub._shard(cursor.keys.stream)
+        shard = self.hub._shard(cursor.keys.stream, self._rings)
         sub = Sub(cursor, cursor.last_id)
         shard.add(sub, self._check_in)
+        loop = asyncio.get_running_loop()
         try:
             while not cursor.done and not sub.lagged:
-                await sub.wake.wait()
-                sub.wake.clear()
+                if not await sub.wait(loop, idle):
+                    yield None  # idle for ``idle`` seconds
+                    continue
                 if shard.closed:
                     raise ReaderError("the reader hub was closed")
                 entries, sub.entries = sub.entries, []

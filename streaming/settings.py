@@ -127,6 +127,15 @@ class Settings:
     #: one that does not answer the ping within as long again is given up (a hung node), and
     #: its runs are followed wherever the cluster's slot map puts them next.
     node_check_interval: float = 1.0
+    #: Writers (``APPEND``, the guarded ``END``) publish each run's new last seq on its shard
+    #: channel, and a single server's hubs read only the runs that rang
+    #: (``streaming.doorbell``). Off: hubs block on one ``XREAD`` over every followed run
+    #: (servers before Redis 7, which have no shard channels). Always on in a cluster.
+    doorbell: bool = True
+    #: What the web endpoints' lifespan does with the garbage collector of their process
+    #: (``streaming.gcpolicy``): ``joins`` (freeze after start-up and after readers join),
+    #: ``startup``, ``thresholds`` or ``off``.
+    gc_mode: str = "joins"
 
     def __post_init__(self) -> None:
         if self.redis_url is not None and CLUSTER_SCHEME.match(self.redis_url):

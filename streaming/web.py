@@ -31,7 +31,8 @@ input gets 400 (413 for a body past ``settings.max_body_bytes``) with a JSON err
 was wrong. Every wait on the store is bounded by ``settings.request_timeout``: an unreachable,
 stalled or failing-over store gets 503 with ``Retry-After``, never a 500 or a hang.
 
-The response is sse-starlette's ``EventSourceResponse`` fed with ``sse_frames`` bytes: bytes
+The response is sse-starlette's ``EventSourceResponse`` fed with ``timed_frames`` bytes (the
+hub reader marks its own silences, so a ping costs no task per event): bytes
 pass through as they are (stored frames, ``id:`` lines, our silence-based pings; its own
 fixed-timer ping is off), and it races the stream against the client's disconnect and the
 server's shutdown on every ASGI server. Starlette's ``StreamingResponse`` stops listening
@@ -81,11 +82,12 @@ from .errors import (
     Unauthenticated,
     Unavailable,
 )
+from .gcpolicy import GcPacer
 from .hub import HubReader, ReaderHub
 from .letta import letta_response
 from .logs import run_extra
 from .settings import Settings
-from .sse import sse_frames
+from .sse import timed_frames
 from .tokens import Claims, TokenSigner, atoken_generation
 from .wire import Event, parse_cursor, validate_run_id
 
@@ -188,6 +190,9 @@ class StreamEndpoints:
         self.retry_ms = retry_ms
         self._hub = hub
         self._own_hub = hub is None
+        #: The garbage collector's pacing while the lifespan runs (raises on a bad mode now).
+        self.gc = GcPacer(settings.gc_mode, lambda: self._hub.joins if self._hub else 0,
+                          lambda: self._hub.readers if self._hub else 0)
 
     @property
     def routes(self) -> list[BaseRoute]:
@@ -212,11 +217,16 @@ class StreamEndpoints:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:
-        """Start the hub with the app and close it at shutdown (pass as ``lifespan=``)."""
+        """Start the hub with the app and close it at shutdown (pass as ``lifespan=``).
+
+        It also paces the process's garbage collector for thousands of long-lived streams
+        (``settings.gc_mode``, ``streaming.gcpolicy``)."""
         await self.start()
+        self.gc.start()
         try:
             yield
         finally:
+            await self.gc.aclose()
             await self.aclose()
 
     async def start(self) -> ReaderHub:
@@ -383,7 +393,8 @@ class StreamEndpoints:
         reader = cast(HubReader, _Observed(reader))  # metrics and log lines follow its events
         if framing is not None:
             return await framing(reader, interval, self._guard)
-        frames = sse_frames(reader, interval, retry_ms=self.retry_ms)
+        # The reader marks its own silences: no task and no wait() per event and client.
+        frames = timed_frames(reader.timed(interval), retry_ms=self.retry_ms)
         return EventSourceResponse(self._guard(reader, frames), ping=0, headers=NO_STORE)
 
     async def _guard(self, reader: HubReader, frames: AsyncIterator[str]) -> AsyncIterator[bytes]:

@@ -37,6 +37,7 @@ run's shard channel ``sse:run:{<run_id>}:notify`` (same slot), which readers sub
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -71,6 +72,9 @@ MAX_SEQ = 2**53 - 1
 DONE_FRAME = "data: [DONE]\n\n"
 #: A run's shard channel is its stream key and this (``RunKeys.notify``).
 NOTIFY_SUFFIX = ":notify"
+#: A single server's doorbell channel: after each flush a writer publishes there the stream
+#: keys it wrote to, space-separated (``streaming.doorbell``).
+DOORBELL = "sse:doorbell"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 #: Decimal digits, zero padding allowed (the value is bounded by ``MAX_SEQ`` afterwards).
 _CURSOR_PATTERN = re.compile(r"[0-9]{1,32}")
@@ -256,12 +260,24 @@ def made_event(kind: Terminal | str, payload: dict[str, Any], *, terminal: bool 
 
 
 def entry_event(fields: dict[str, str]) -> Event:
-    """The event of one stream entry."""
+    """The event of one stream entry.
+
+    Parsed once for all the readers a batch is handed to (they share the reply's strings, so
+    the cache finds them by identity): ``Event`` is immutable. Only small frames are cached, so
+    the cache stays under ``_PARSED * _PARSED_FRAME`` characters.
+    """
     frame = fields.get("data", "")
+    complete = fields.get("complete") == "true"
+    timestamp = fields.get("timestamp")
+    if len(frame) > _PARSED_FRAME:
+        return _parse_entry(fields["seq_id"], frame, complete, timestamp)
+    return _parsed_entry(fields["seq_id"], frame, complete, timestamp)
+
+
+def _parse_entry(seq_id: str, frame: str, complete: bool, timestamp: str | None) -> Event:
     event, data = parse_frame(frame)
-    terminal = terminal_of(event, data) if fields.get("complete") == "true" else None
-    return Event(int(fields["seq_id"]), event, data, frame, terminal,
-                 _millis(fields.get("timestamp")))
+    terminal = terminal_of(event, data) if complete else None
+    return Event(int(seq_id), event, data, frame, terminal, _millis(timestamp))
 
 
 def _millis(raw: str | None) -> int:
@@ -269,3 +285,7 @@ def _millis(raw: str | None) -> int:
         return int(raw or 0)
     except ValueError:  # the seed's or someone's odd timestamp: no lag to tell
         return 0
+
+
+_PARSED, _PARSED_FRAME = 1024, 4096
+_parsed_entry = functools.lru_cache(maxsize=_PARSED)(_parse_entry)

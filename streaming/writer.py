@@ -46,7 +46,15 @@ from .errors import (
 )
 from .logs import run_extra
 from .settings import Settings
-from .wire import RUN_INDEX, RunKeys, Terminal, check_frame_size, encode_frame, terminal_frame
+from .wire import (
+    DOORBELL,
+    RUN_INDEX,
+    RunKeys,
+    Terminal,
+    check_frame_size,
+    encode_frame,
+    terminal_frame,
+)
 
 __all__ = ["RunWriter", "StreamWriter", "WriterStats", "shared_writer"]
 
@@ -56,6 +64,12 @@ _TRANSIENT = TRANSIENT
 _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
 #: Failures of the best-effort run index update: logged, never a failed claim.
 _INDEX_ERRORS: tuple[type[Exception], ...] = (*TRANSIENT, ResponseError)
+
+
+#: Computed once: ``Script.sha`` hashes the source on every use.
+_APPEND_SHA = scripts.APPEND.sha
+#: Forks this process is past (bumped in every child): a writer made before a fork is unusable.
+_forks = 0
 
 
 class _NoRoom(Exception):
@@ -113,6 +127,7 @@ class StreamWriter:
         self.settings = settings
         self._client_factory = client_factory or (lambda: async_client(settings))
         self._pid = os.getpid()
+        self._forks = _forks  # forks this process is past: another value means a fork since
         self._cond = threading.Condition()
         self._runs: dict[str, _Run] = {}
         self._dirty: dict[_Run, None] = {}
@@ -445,9 +460,10 @@ class StreamWriter:
                 return
             await self._refresh_quiet_runs(refresh_every)
 
-    def _take_batch(self) -> list[tuple[_Run, list[tuple[int, str, int]], bool]]:
-        """Move pending chunks of dirty runs into one batch, within the pipeline bound."""
-        batch = []
+    def _take_batch(self) -> _Batch:
+        """Move pending chunks of dirty runs into one batch, within the pipeline bound; each
+        run's chunks with what they count against the buffer bound."""
+        batch: _Batch = []
         room = self.settings.max_pipeline_bytes
         now, held = time.monotonic(), None
         with self._cond:
@@ -459,15 +475,18 @@ class StreamWriter:
                     break
                 held = _earliest(held, self._seal_due(run, now))
                 chunks: list[tuple[int, str, int]] = []
-                while run.pending and len(chunks) < self.settings.max_batch and room > 0:
+                taken = 0
+                while run.pending and len(chunks) < self.settings.max_batch and room > taken:
                     chunk = run.pending.popleft()
-                    room -= len(chunk[1])
+                    taken += len(chunk[1])
                     chunks.append(chunk)
+                room -= taken
                 last = not run.pending
                 if last and run.delta is None:
                     del self._dirty[run]
                 if chunks:
-                    batch.append((run, chunks, last and run.ending is not None))
+                    cost = taken + _CHUNK_OVERHEAD * len(chunks)
+                    batch.append((run, chunks, last and run.ending is not None, cost))
             if full or any(run.pending for run in self._dirty):
                 self._wake_pending = True
                 self._wake_soon()
@@ -485,17 +504,22 @@ class StreamWriter:
         self._seal(run)
         return None
 
-    async def _send(self, batch: list[tuple[_Run, list[tuple[int, str, int]], bool]]) -> None:
+    async def _send(self, batch: _Batch) -> None:
         started = time.perf_counter()
         try:
             client = self._get_client()
             async with client.pipeline(transaction=False) as pipe:
-                for run, chunks, ends in batch:
+                for run, chunks, ends, _ in batch:
                     # execute_command: redis-py's cluster pipeline has no evalsha() method,
                     # yet routes the command by its keys' slot.
-                    pipe.execute_command("EVALSHA", scripts.APPEND.sha, 3,
+                    pipe.execute_command("EVALSHA", _APPEND_SHA, 3,
                                          *self._append_args(run, chunks, ends))
-                replies = await pipe.execute(raise_on_error=False)
+                if self.settings.doorbell and not self.settings.cluster:
+                    # One message per flush for every hub (streaming.doorbell), after the
+                    # writes it announces; a cluster's runs ring their shard channels instead.
+                    pipe.execute_command("SPUBLISH", DOORBELL,
+                                         " ".join(run.keys.stream for run, *_ in batch))
+                replies = (await pipe.execute(raise_on_error=False))[:len(batch)]
         except _TRANSIENT as exc:
             await self._requeue(batch, exc)
             return
@@ -503,19 +527,18 @@ class StreamWriter:
         if any(isinstance(reply, NoScriptError) for reply in replies):
             await self._load_scripts()
         retry = [(item, reply) for item, reply in zip(batch, replies, strict=True)
-                 if not self._settle(item[0], item[1], reply)]
+                 if not self._settle(item[0], item[1], reply, item[3])]
         self._observe_flush(time.perf_counter() - started, batch, retry)
         if retry:
             await self._requeue([item for item, _ in retry], retry[0][1])
         else:
             self._outage_since = None
-        ended = [run.keys.run_id for (run, _, ends), reply in zip(batch, replies, strict=True)
+        ended = [run.keys.run_id for (run, _, ends, _), reply in zip(batch, replies, strict=True)
                  if ends and not isinstance(reply, Exception)]
         if ended:
             await self._unindex(ended)
 
-    def _observe_flush(self, seconds: float, batch: list[tuple[_Run, list[tuple[int, str, int]],
-                       bool]], retry: list[Any]) -> None:
+    def _observe_flush(self, seconds: float, batch: _Batch, retry: list[Any]) -> None:
         again = {id(item) for item, _ in retry}
         stored = [frame for item in batch if id(item) not in again and item[0].error is None
                   for _, frame, _ in item[1]]
@@ -536,15 +559,17 @@ class StreamWriter:
                 chunks[-1][2], notify, run.output_from, weights, self.settings.max_stream_bytes,
                 *(frame for _, frame, _ in chunks)]
 
-    def _settle(self, run: _Run, chunks: list[tuple[int, str, int]], reply: Any) -> bool:
-        """Record one run's reply; False when the chunks must be sent again."""
+    def _settle(self, run: _Run, chunks: list[tuple[int, str, int]], reply: Any,
+                cost: int = 0) -> bool:
+        """Record one run's reply (``cost``: what ``chunks`` count against the buffer bound);
+        False when the chunks must be sent again."""
         # A cluster pipeline answers per node: one node's outage shows as these replies.
         if isinstance(reply, (NoScriptError, OutOfMemoryError, *_TRANSIENT)):
             return False
         with self._cond:
             if isinstance(reply, Exception):
                 run.error = _refusal(run, reply)
-                dropped = _size(run.pending) + _size(chunks)
+                dropped = _size(run.pending) + cost
                 if run.delta is not None:
                     dropped += run.delta.size + _CHUNK_OVERHEAD
                     run.delta = None
@@ -557,21 +582,20 @@ class StreamWriter:
                 for index in [i for i in run.weights if i <= run.acked]:
                     del run.weights[index]
                 run.refreshed = time.monotonic()
-                self._buffered -= _size(chunks)
+                self._buffered -= cost
                 self._stats.written += len(chunks)
             self._cond.notify_all()
         return True
 
-    async def _requeue(self, batch: list[tuple[_Run, list[tuple[int, str, int]], bool]],
-                       exc: BaseException) -> None:
+    async def _requeue(self, batch: _Batch, exc: BaseException) -> None:
         """Put a failed batch back in front of the pending chunks and back off."""
         with self._cond:
-            for run, chunks, _ in batch:
+            for run, chunks, _, cost in batch:
                 if run.error is None:
                     run.pending.extendleft(reversed(chunks))
                     self._dirty[run] = None
                 else:
-                    self._buffered -= _size(chunks)
+                    self._buffered -= cost
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
                 _metrics.outage()
@@ -659,7 +683,9 @@ class StreamWriter:
     # -- thread plumbing -------------------------------------------------------------------
 
     def _check_process(self) -> None:
-        if os.getpid() != self._pid:
+        # Compared with a counter the fork hook bumps, not os.getpid(): that system call was
+        # the largest cost of a send().
+        if _forks != self._forks:
             raise WriterStateError(
                 f"this writer was created in process {self._pid} and cannot be used after "
                 "fork(); call shared_writer() in the child to get its own"
@@ -841,6 +867,10 @@ def _earliest(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else min(a, b)
 
 
+#: One flush: per run, its chunks, whether they end it, and what they count against the bound.
+_Batch = list[tuple["_Run", list[tuple[int, str, int]], bool, int]]
+
+
 def _cost(frame: str) -> int:
     return len(frame) + _CHUNK_OVERHEAD
 
@@ -879,9 +909,10 @@ def shared_writer(settings: Settings | None = None, *, start_timeout: float = 5.
 
 
 def _forget_shared_after_fork() -> None:
-    global _shared, _shared_lock
+    global _shared, _shared_lock, _forks
     _shared = None
     _shared_lock = threading.Lock()
+    _forks += 1
 
 
 os.register_at_fork(after_in_child=_forget_shared_after_fork)

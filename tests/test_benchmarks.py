@@ -99,3 +99,34 @@ def test_quick_run_has_a_cluster_column_for_throughput_and_latency(quick: dict[s
     for name in ("throughput", "latency"):
         figures = quick["scenarios"][name]["figures"]
         assert all(numeric(figure["cluster"]) for figure in figures), (name, figures)
+
+
+@pytest.mark.timeout(HARNESS_TIMEOUT + 30)
+def test_quick_run_compares_fairly(quick: dict[str, Any]) -> None:
+    """One run per client end to end; our own write step's ceiling beside plain XADD; the web
+    scenario reports its knee and what uvicorn ran with; the sides took turns."""
+    e2e = quick["scenarios"]["end-to-end"]["params"]
+    assert e2e["clients"] == e2e["runs"] and e2e["clients_per_run"] == 1
+    sources = [f["ceiling_source"] for f in quick["scenarios"]["throughput"]["figures"]]
+    assert any("XADD" in s for s in sources) and any("APPEND" in s for s in sources)
+    web = quick["scenarios"]["web-clients"]
+    assert any(f["name"].startswith("knee") and numeric(f["project"]) for f in web["figures"])
+    assert "uvloop" in web["params"]["app"]
+    assert quick["scenarios"]["shared-run"]["params"]["deliveries_per_second"] > 0
+
+
+def test_the_seed_gets_the_pool_kind_and_size_of_the_hub() -> None:
+    import redis.asyncio as aredis
+
+    from benchmarks.scenarios.common import SEED_POOL, seed_client
+    from streaming import hub
+
+    class Shim:  # the seed module's client shim, as far as seed_client() touches it
+        class AsyncRedisClient:
+            def __init__(self, url: str) -> None:
+                self._client = aredis.Redis.from_url(url)
+
+    client = seed_client(Shim, "redis://127.0.0.1:1/0")
+    pool = client._client.connection_pool
+    assert isinstance(pool, aredis.BlockingConnectionPool)
+    assert pool.max_connections == SEED_POOL == hub._POOL

@@ -258,7 +258,7 @@ async def test_disconnecting_a_reader_detaches_it(writer, settings, run_id):
         task.cancel()
         await asyncio.sleep(0.05)
         assert hub.stats() | {"blocking_reads": 0} == {"readers": 0, "followed": 0,
-                                                        "blocking_reads": 0}
+                                                        "following": 0, "blocking_reads": 0}
     await run.afinish()
 
 

@@ -9,8 +9,8 @@ import importlib
 
 __all__ = ["load_all"]
 
-MODULES = ("latency", "throughput", "write_cost", "idle_readers", "fanout", "memory",
-           "storage", "ending_bound", "first_chunk", "end_to_end")
+MODULES = ("latency", "throughput", "write_cost", "idle_readers", "fanout", "shared_run",
+           "memory", "storage", "ending_bound", "first_chunk", "end_to_end", "web_clients")
 
 
 def load_all() -> None:

@@ -8,7 +8,9 @@ import uuid
 from typing import Any
 
 import redis
+import redis.asyncio as aredis
 
+from streaming import hub as hub_module
 from streaming.client import sync_client
 from streaming.settings import Settings
 from streaming.wire import RUN_INDEX, RunKeys
@@ -17,12 +19,14 @@ from streaming.writer import RunWriter, StreamWriter
 from .. import seed as seed_loader
 
 __all__ = [
+    "SEED_POOL",
     "chunk_data",
     "cleanup",
     "load_seed",
     "open_runs",
     "rss_bytes",
     "run_ids",
+    "seed_client",
     "sent_at",
     "sse_frame",
     "stream_audit",
@@ -84,6 +88,21 @@ def load_seed(path: str | None) -> Any:
     if module is None:
         raise RuntimeError(f"seed not found at {path}")
     return module
+
+
+#: The seed's pool: the size of the hub's own (``streaming.hub._POOL``), and the same kind.
+SEED_POOL: int = hub_module._POOL
+
+
+def seed_client(seed: Any, url: str) -> Any:
+    """The seed's client shim on a waiting pool of ``SEED_POOL`` connections: the pool kind and
+    size the hub has. The shim's own (redis-py's default pool) raises past 100 connections,
+    which would charge the seed with failures a deployment would configure away."""
+    client = seed.AsyncRedisClient(url)
+    pool = aredis.BlockingConnectionPool.from_url(url, max_connections=SEED_POOL, timeout=60,
+                                                  decode_responses=True)
+    client._client = aredis.Redis(connection_pool=pool)
+    return client
 
 
 def cleanup(url: str, scenario: str) -> None:

@@ -120,7 +120,7 @@ def _after_liveness_check(client: redis.Redis, timeout: float) -> None:
 
 def _mark_pending(ctx: Context, ids: list[str]) -> None:
     client = redis.Redis.from_url(ctx.redis_url, decode_responses=True)
-    settings = ctx.settings()
+    settings = ctx.settings(queue_timeout=600)  # the readers wait; no run times out
     for run_id in ids:
         mark_pending(client, run_id, settings)
     client.close()

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import redis.asyncio as aredis
 from redis.exceptions import RedisError
 
 from streaming.hub import ReaderHub
@@ -24,12 +24,14 @@ from streaming.writer import StreamWriter
 
 from ..procs import Channel, Child, answer_async
 from ..stats import percentile
-from .common import chunk_data, load_seed, open_runs, sent_at, sse_frame
+from .common import SEED_POOL, chunk_data, load_seed, open_runs, seed_client, sent_at, sse_frame
 
 __all__ = [
     "HUB_CLIENT_NOTE",
+    "alternated",
     "delay_ms",
     "hub_readers",
+    "pooled",
     "project_producer",
     "received_percent",
     "run_pair",
@@ -38,11 +40,11 @@ __all__ = [
 ]
 
 #: Shown with the scenarios that start many readers at once.
-HUB_CLIENT_NOTE = ("the hub is given a client on a blocking pool of 50 connections: with its "
-                   "default client (redis-py 8: 100 connections, then MaxConnectionsError) "
-                   "readers past the 100th joining at once fail")
+HUB_CLIENT_NOTE = ("pools: the hub runs with its own default client (a waiting pool of "
+                   f"{SEED_POOL} connections); the seed's readers get the same kind and "
+                   "size (redis-py's BlockingConnectionPool), not redis-py's default "
+                   "non-blocking pool, which fails reads past its 100 connections")
 GO_TIMEOUT = 300.0
-HUB_POOL = 50
 STOP_TIMEOUT = 600.0
 
 
@@ -106,7 +108,7 @@ def seed_producer(channel: Channel, url: str, seed_path: str, ids: list[str], ra
 
 async def _seed_produce(channel: Channel, seed: Any, url: str, ids: list[str], rate: float,
                         seconds: float, tick: float) -> dict[str, Any]:
-    writer = seed.RedisSSEStreamWriter(seed.AsyncRedisClient(url))
+    writer = seed.RedisSSEStreamWriter(seed_client(seed, url))
     await writer.start()
     channel.send("ready")
     await asyncio.to_thread(channel.expect, "go", GO_TIMEOUT)
@@ -128,6 +130,16 @@ class _Tally:
         self.delays: list[int] = []
         self.counts = dict.fromkeys(ids, 0)
         self.errors = 0  # reads that failed (the seed's readers then start again)
+        self._cpu = (time.process_time(), time.monotonic())
+
+    def go(self) -> None:
+        """The measured window starts now (the readers have joined)."""
+        self._cpu = (time.process_time(), time.monotonic())
+
+    def cpu_since_go(self) -> float:
+        """This process's CPU use since ``go()`` (or creation), % of a core."""
+        cpu, began = self._cpu
+        return 100 * (time.process_time() - cpu) / max(time.monotonic() - began, 1e-9)
 
     def record(self, run_id: str, data: str) -> None:
         sent = sent_at(data)
@@ -149,91 +161,82 @@ class _Tally:
 
 
 def hub_readers(channel: Channel, url: str, ids: list[str], overrides: dict[str, Any],
-                connections: int, grace: float) -> None:
-    """This project's readers: one ``ReaderHub`` in this process, one reader per run."""
+                connections: int, grace: float, copies: int = 1) -> None:
+    """This project's readers: one ``ReaderHub`` in this process, ``copies`` readers per run."""
     settings = Settings(redis_url=url, **overrides)
-    answer_async(channel, _hub_read(channel, settings, ids, connections, grace))
-
-
-def hub_client(settings: Settings) -> aredis.Redis:
-    """The hub's client for its non-blocking commands, on a pool that waits for a free
-    connection. The default client's pool (redis-py 8: at most 100 connections, raising
-    ``MaxConnectionsError`` past that) fails readers when more than 100 join at once."""
-    assert settings.redis_url is not None
-    pool = aredis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=HUB_POOL, timeout=60, decode_responses=True,
-        socket_timeout=settings.socket_timeout + settings.block_timeout,
-        socket_connect_timeout=settings.socket_timeout)
-    return aredis.Redis(connection_pool=pool)
+    answer_async(channel, _hub_read(channel, settings, ids, connections, grace, copies))
 
 
 async def _hub_read(channel: Channel, settings: Settings, ids: list[str], connections: int,
-                    grace: float) -> dict[str, Any]:
+                    grace: float, copies: int) -> dict[str, Any]:
     tally = _Tally(ids)
-    # A cluster hub makes its own cluster client (and bounds its commands itself).
-    client = None if settings.cluster else hub_client(settings)
-    async with ReaderHub(settings, client=client, connections=connections) as hub:
+    async with ReaderHub(settings, connections=connections) as hub:
 
         async def follow(run_id: str) -> None:
             async for event in hub.read(run_id, starting_after=0):
                 tally.record(run_id, event.data)
 
-        tasks = [asyncio.create_task(follow(run_id)) for run_id in ids]
-        joined = await _wait_followed(hub, len(ids), timeout=120)
+        tasks = [asyncio.create_task(follow(run_id)) for run_id in ids for _ in range(copies)]
+        joined = await _wait_followed(hub, len(ids) * copies, timeout=120)
         channel.send("ready", {"join_seconds": joined})
+        tally.go()
         expected = await asyncio.to_thread(channel.expect, "stop", STOP_TIMEOUT)
-        await tally.settle(expected, grace)
+        cpu = tally.cpu_since_go()
+        await tally.settle({run: n * copies for run, n in expected.items()}, grace)
         stats = hub.stats()
         await _cancel(tasks)
-    if client is not None:
-        await client.aclose()
-    return tally.result(hub=stats)
+    return tally.result(hub=stats, cpu_percent=cpu)
 
 
 async def _wait_followed(hub: ReaderHub, count: int, timeout: float) -> float:
-    """Seconds until the hub follows ``count`` streams (every reader caught up and waiting)."""
+    """Seconds until ``count`` readers follow their runs (every reader caught up, waiting)."""
     started = time.monotonic()
-    while hub.stats()["followed"] < count:
+    while hub.stats()["following"] < count:
         if time.monotonic() - started > timeout:
-            raise TimeoutError(f"hub follows {hub.stats()['followed']} of {count} after "
-                               f"{timeout} s")
+            raise TimeoutError(f"{hub.stats()['following']} of {count} readers follow their "
+                               f"runs after {timeout} s")
         await asyncio.sleep(0.05)
     return time.monotonic() - started
 
 
 def seed_readers(channel: Channel, url: str, seed_path: str, ids: list[str],
-                 grace: float) -> None:
-    """The seed's readers: one polling ``redis_sse_stream_generator`` per run, one process."""
+                 grace: float, copies: int = 1) -> None:
+    """The seed's readers: ``copies`` polling ``redis_sse_stream_generator`` per run, one
+    process."""
     seed = load_seed(seed_path)
-    answer_async(channel, _seed_read(channel, seed, url, ids, grace))
+    answer_async(channel, _seed_read(channel, seed, url, ids, grace, copies))
 
 
 async def _seed_read(channel: Channel, seed: Any, url: str, ids: list[str],
-                     grace: float) -> dict[str, Any]:
+                     grace: float, copies: int) -> dict[str, Any]:
     tally = _Tally(ids)
-    client = seed.AsyncRedisClient(url)
+    client = seed_client(seed, url)
 
     async def follow(run_id: str) -> None:
+        got = 0
         # A failed read ends the seed's generator; a client reconnects from its last chunk.
         while True:
             try:
                 async for data in seed.redis_sse_stream_generator(
-                        client, run_id, starting_after=tally.counts[run_id]):
+                        client, run_id, starting_after=got):
+                    got += 1
                     tally.record(run_id, data)
                 return
             except RedisError:
                 tally.errors += 1
                 await asyncio.sleep(0.1)
 
-    tasks = [asyncio.create_task(follow(run_id)) for run_id in ids]
+    tasks = [asyncio.create_task(follow(run_id)) for run_id in ids for _ in range(copies)]
     await asyncio.sleep(0.5)  # every generator has sent its first XRANGE
     channel.send("ready", {"join_seconds": 0.5})
+    tally.go()
     expected = await asyncio.to_thread(channel.expect, "stop", STOP_TIMEOUT)
-    await tally.settle(expected, grace)
+    cpu = tally.cpu_since_go()
+    await tally.settle({run: n * copies for run, n in expected.items()}, grace)
     await _cancel(tasks)
     with contextlib.suppress(RedisError):
         await asyncio.wait_for((await client.get_client()).aclose(), 5)
-    return tally.result()
+    return tally.result(cpu_percent=cpu)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]], timeout: float = 5.0) -> None:
@@ -245,6 +248,32 @@ async def _cancel(tasks: list[asyncio.Task[None]], timeout: float = 5.0) -> None
     for task in done:
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
+
+
+def alternated(sides: dict[str, Callable[[], dict[str, Any]]],
+               repeats: int) -> dict[str, dict[str, Any]]:
+    """Each side measured ``repeats`` times, the sides taking turns (p, s, p, s, ...: a busy
+    neighbour hits both, not one), each side's repeats then ``pooled``."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, measure in sides.items():
+            runs[name].append(measure())
+    return {name: pooled(found) for name, found in runs.items()}
+
+
+def pooled(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several repeats of one side as one: percentiles then come from every sample of every
+    repeat; counts are summed; each repeat's p99 is kept beside."""
+    return {
+        "delays_ns": [d for one in repeats for d in one["delays_ns"]],
+        "counts": {run: n for one in repeats for run, n in one["counts"].items()},
+        "sent": sum(int(one["sent"]) for one in repeats),
+        "errors": sum(one["errors"] for one in repeats),
+        "join_seconds": max(one.get("join_seconds", 0.0) for one in repeats),
+        "cpu_percent": max(one.get("cpu_percent", math.nan) for one in repeats),
+        "each_p99_ms": [round(delay_ms(one, 99), 2) for one in repeats],
+        "hub": repeats[-1].get("hub"),
+    }
 
 
 def delay_ms(side: dict[str, Any], q: float) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shlex
 import sys
 import tempfile
 import time
@@ -19,11 +20,20 @@ from rich.console import Console
 from examples.services import ServiceError, Services
 from streaming.embedded import free_port
 
-__all__ = ["ROOT", "ServiceError", "app_service", "services", "start_worker"]
+__all__ = ["ROOT", "ServiceError", "app_service", "services", "start_worker", "uvicorn_args"]
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_READY_TIMEOUT = 60.0
 APP_READY_TIMEOUT = 30.0
+#: What a production deployment runs: uvloop and httptools (the web extra installs both).
+UVICORN_ARGS = ("--loop", "uvloop", "--http", "httptools")
+
+
+def uvicorn_args() -> list[str]:
+    """The app's uvicorn options: ``UVICORN_ARGS``, or ``BENCH_UVICORN_ARGS`` from the
+    environment to compare event loops and HTTP parsers (the scenarios report which ran)."""
+    override = os.environ.get("BENCH_UVICORN_ARGS")
+    return shlex.split(override) if override is not None else list(UVICORN_ARGS)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from streaming.writer import StreamWriter
 from ..core import Context, Figure, Result, Target, scenario
 from ..procs import Channel, Child, answer_async
 from ..stats import percentile
-from .common import chunk_data, cleanup, load_seed, open_runs, run_ids, sse_frame
+from .common import chunk_data, cleanup, load_seed, open_runs, run_ids, seed_client, sse_frame
 from .sides import project_producer, seed_producer
 
 NAME = "write-cost"
@@ -90,7 +90,7 @@ def seed_burst(channel: Channel, url: str, seed_path: str, ids: list[str], chunk
 
 
 async def _seed_burst(seed: Any, url: str, ids: list[str], chunks: int) -> list[int]:
-    writer = seed.RedisSSEStreamWriter(seed.AsyncRedisClient(url))
+    writer = seed.RedisSSEStreamWriter(seed_client(seed, url))
     await writer.start()
     frame = sse_frame(chunk_data())
     costs = []

@@ -447,7 +447,8 @@ def test_disconnect_detaches_the_reader_at_once_and_never_cancels(
         assert wait_until(lambda: hub.stats()["followed"] == 1)
         assert hub.stats()["readers"] == 1
     assert wait_until(lambda: hub.stats() | {"blocking_reads": 0}
-                      == {"readers": 0, "followed": 0, "blocking_reads": 0}, timeout=3.0)
+                      == {"readers": 0, "followed": 0, "following": 0, "blocking_reads": 0},
+                      timeout=3.0)
     handle.send("after")
     handle.finish()
     assert redis_client.hget(f"sse:run:{run_id}:meta", "cancel") is None

@@ -1,0 +1,87 @@
+"""One run, many readers: N readers in one process follow the same live run at 10 chunks/s.
+
+A shared live generation watched by many clients: a producer process writes one run at
+``RATE`` chunks/s; one reader process holds N readers of that run (the project: one
+``ReaderHub``; the seed: N polling generators, on a waiting pool of the hub's size). Every
+reader must get every chunk: N x ``RATE`` deliveries/s. The seed is measured at a smaller N,
+the two sides taking turns, then the project alone at N.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core import Context, Figure, Result, Target, scenario
+from ..procs import Child
+from .common import cleanup, run_ids
+from .sides import (
+    HUB_CLIENT_NOTE,
+    alternated,
+    delay_ms,
+    hub_readers,
+    pooled,
+    project_producer,
+    received_percent,
+    run_pair,
+    seed_producer,
+    seed_readers,
+)
+
+NAME = "shared-run"
+RATE = 10.0
+GRACE = 5.0
+
+
+@scenario(NAME, "Hub: N readers of one run in one process, 10 chunks/s")
+def run(ctx: Context) -> Result:
+    n, seed_n = ctx.size(200, 10_000), ctx.size(100, 1000)
+    seconds, repeats = ctx.size(1.5, 10.0), ctx.size(1, 2)
+    result = Result(NAME, params={
+        "readers": n, "seed_readers": seed_n, "seconds": seconds,
+        "chunks_per_second": RATE, "deliveries_per_second": n * RATE, "repeats": repeats,
+        "order": "project and seed take turns at the seed's N",
+        "figure": "percentiles over every sample of every repeat"})
+    if ctx.seed:
+        sides = alternated({"p": lambda: _measure(ctx, seed_n, seconds, "p"),
+                            "s": lambda: _measure(ctx, seed_n, seconds, "s")}, repeats)
+        _rows(result, seed_n, sides["p"], sides["s"], None)
+    project = pooled([_measure(ctx, n, seconds, "p") for _ in range(repeats)])
+    _rows(result, n, project, None, "n/a (not measured)" if ctx.seed else ctx.seed_missing)
+    result.add(Figure("readers joined and waiting", "s", "lower", project["join_seconds"],
+                      note=f"N={n:,}"))
+    result.params["hub"] = project.get("hub")
+    result.notes.append(HUB_CLIENT_NOTE)
+    cleanup(ctx.redis_url, NAME)
+    return result
+
+
+def _rows(result: Result, n: int, project: dict[str, Any], seed: dict[str, Any] | None,
+          missing: str | None) -> None:
+    for q, target in ((50, None), (99, Target(limit=50.0))):
+        result.add(Figure(f"p{q} delivery, N={n:,}", "ms", "lower", delay_ms(project, q),
+                          delay_ms(seed, q) if seed else missing, target=target))
+    result.add(Figure(f"chunks received, N={n:,}", "%", "higher", received_percent(project),
+                      received_percent(seed) if seed else missing, target=Target(limit=100)))
+    result.add(Figure(f"reader process CPU, N={n:,}", "% of a core", "lower",
+                      project["cpu_percent"], seed["cpu_percent"] if seed else missing,
+                      note="worst repeat, while streaming"))
+    result.params[f"p99 of each repeat at N={n}, ms"] = {
+        "project": project["each_p99_ms"], **({"seed": seed["each_p99_ms"]} if seed else {})}
+    if seed:
+        result.params[f"seed_read_errors at N={n}"] = seed["errors"]
+
+
+def _measure(ctx: Context, n: int, seconds: float, side: str) -> dict[str, Any]:
+    ids = run_ids(NAME, 1, side)
+    if side == "p":
+        producer = Child(project_producer, ctx.redis_url, ids, RATE, seconds, {},
+                         name="shared-run-project-producer")
+        make = lambda: Child(hub_readers, ctx.redis_url, ids, {}, 1, GRACE, n,  # noqa: E731
+                             name="shared-run-project-readers")
+    else:
+        producer = Child(seed_producer, ctx.redis_url, ctx.seed_path, ids, RATE, seconds,
+                         name="shared-run-seed-producer")
+        make = lambda: Child(seed_readers, ctx.redis_url, ctx.seed_path, ids, GRACE,  # noqa: E731
+                             n, name="shared-run-seed-readers")
+    produced, read = run_pair(producer, make, ids, seconds, GRACE)
+    return {**read, "sent": sum(produced["sent"]) * n}

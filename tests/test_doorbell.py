@@ -1,0 +1,119 @@
+"""The single server's doorbell hub (``streaming.doorbell``): a round reads only the runs that
+rang, a lost pubsub connection loses nothing, and runs no doorbell announces (the seed's) are
+still followed by the blocking read."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from streaming.doorbell import DoorbellFollower
+from streaming.hub import ReaderHub
+from streaming.settings import Settings
+from streaming.writer import StreamWriter
+
+
+@pytest.fixture
+def quiet(settings: Settings) -> Settings:
+    """No liveness check and no lease expiry in a test's time: only a doorbell delivers."""
+    return settings.replace(lease_ttl=60.0, liveness_interval=120.0, producer_timeout=60.0)
+
+
+@pytest.fixture
+def slow_writer(quiet: Settings) -> Iterator[StreamWriter]:
+    writer = StreamWriter(quiet).start()
+    yield writer
+    writer.stop(timeout=5)
+
+
+async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """``tests.waiting.wait_for`` on an event loop (which the hub shares)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} within {timeout} s"
+        await asyncio.sleep(0.05)
+
+
+async def collect(hub: ReaderHub, run_id: str, out: list[Any]) -> None:
+    async for event in hub.read(run_id, starting_after=0):
+        out.append(event)
+
+
+async def test_a_round_reads_only_the_runs_that_rang(quiet: Settings,
+                                                     slow_writer: StreamWriter) -> None:
+    writer = slow_writer
+    tag = uuid.uuid4().hex[:8]
+    idle = [await writer.aopen(f"quiet-{tag}-{i}") for i in range(200)]
+    busy = await writer.aopen(f"busy-{tag}")
+    async with ReaderHub(quiet) as hub:
+        doorbell = hub._doorbell
+        assert isinstance(doorbell, DoorbellFollower)
+        got: list[Any] = []
+        tasks = [asyncio.create_task(collect(hub, q.run_id, [])) for q in idle]
+        tasks.append(asyncio.create_task(collect(hub, busy.run_id, got)))
+        await until(lambda: hub.stats()["following"] == 201, 30, "readers following")
+        await asyncio.sleep(0.5)  # the first reads of every run (join, confirmation) are over
+        sizes: list[int] = []
+        real_xread = hub.client.xread
+
+        async def xread(streams: dict[str, str], **options: Any) -> Any:
+            sizes.append(len(streams))
+            return await real_xread(streams, **options)
+
+        hub.client.xread = xread  # type: ignore[method-assign]
+        for i in range(20):
+            await busy.asend(f"chunk {i}")
+            await asyncio.sleep(0.01)
+        await busy.afinish()
+        await asyncio.wait_for(tasks[-1], 3)  # a liveness check would come later
+        assert [e.data for e in got] == [f"chunk {i}" for i in range(20)] + ["[DONE]"]
+        assert sizes and max(sizes) == 1, sizes  # not the 201 followed streams
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for q in idle:
+        await q.afinish()
+
+
+async def test_a_killed_doorbell_connection_loses_nothing(quiet: Settings,
+                                                          slow_writer: StreamWriter,
+                                                          redis_client: redis.Redis) -> None:
+    run = await slow_writer.aopen(f"killed-{uuid.uuid4().hex}")
+    async with ReaderHub(quiet) as hub:
+        got: list[Any] = []
+        task = asyncio.create_task(collect(hub, run.run_id, got))
+        for i in range(10):
+            await run.asend(f"before {i}")
+        await until(lambda: len(got) == 10, 30, "the first chunks")
+        killed = redis_client.client_kill_filter(_type="pubsub")
+        assert killed >= 1
+        for i in range(10):
+            await run.asend(f"after {i}")
+            await asyncio.sleep(0.02)
+        await run.afinish()
+        await asyncio.wait_for(task, 3)  # a liveness check would come later
+    assert [e.seq for e in got] == list(range(1, 22))
+    assert [e.data for e in got][-1] == "[DONE]"
+
+
+async def test_a_run_without_doorbell_is_followed_by_the_blocking_read(
+        settings: Settings, redis_client: redis.Redis) -> None:
+    run_id = f"seedlike-{uuid.uuid4().hex}"
+    key = f"sse:run:{run_id}"
+    redis_client.xadd(key, {"seq_id": 1, "data": "data: one\n\n", "timestamp": 0})
+    async with ReaderHub(settings) as hub:
+        got: list[Any] = []
+        task = asyncio.create_task(collect(hub, run_id, got))
+        await until(lambda: len(got) == 1, 30, "the first entry")
+        assert hub._doorbell is not None and not hub._doorbell.subs
+        redis_client.xadd(key, {"seq_id": 2, "data": "data: [DONE]\n\n", "timestamp": 0,
+                                "complete": "true"})
+        await asyncio.wait_for(task, 30)
+    assert [e.data for e in got] == ["one", "[DONE]"]
+    redis_client.delete(key)
