@@ -46,7 +46,7 @@ def test_the_whole_product_with_health_checks(compose):
     assert web.startswith("uvicorn --factory examples.app:create_app") and "--workers" in web
     for name in ("worker", "flower", "web"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert "8000" in " ".join(services["web"]["healthcheck"]["test"])
+    assert "8000/readyz" in " ".join(services["web"]["healthcheck"]["test"])
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert '".[worker,web]"' in dockerfile and "COPY examples" in dockerfile
 
