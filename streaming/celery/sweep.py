@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from ..client import SyncClient, sync_client
 from ..control import sweep
+from ..wire import RUN_INDEX
 from .app import Streaming, streaming_of
 from .states import follow_ending
 
@@ -67,23 +68,39 @@ class Sweeper:
         previous round found (a task that ended its run itself stores its own final state
         within moments: it gets a whole interval to do so before the sweep steps in).
 
+        A run whose Celery state could not be stored (the result backend or the store away)
+        goes back into the run index, so any worker's next round tries again, even if this
+        worker is gone by then; and it is held here too, in case the index cannot be written.
+
         Returns the run ids the store reported ended this round.
         """
         if self._client is None:
             self._client = sync_client(self.settings)
-        held, self._held = self._held, []
-        for run_id in held:
-            self._follow(run_id)
-        ended = list(sweep(self._client, self.settings))
-        self._held = ended[:MAX_HELD]
+        ended = list(sweep(self._client, self.settings))  # the store away: held runs wait
+        failed = [run_id for run_id in self._held if not self._follow(run_id)]
+        self._reindex(failed)
+        self._held = list(dict.fromkeys([*failed, *ended]))[:MAX_HELD]
         return ended
 
-    def _follow(self, run_id: str) -> None:
+    def _follow(self, run_id: str) -> bool:
         assert self._client is not None
         try:
             follow_ending(self.app, self._client, self.settings, run_id)
+            return True
         except (RedisError, OperationalError, OSError) as exc:
-            logger.warning("could not set the Celery state of ended run %s: %s", run_id, exc)
+            logger.warning("could not set the Celery state of ended run %s (tried again next "
+                           "round): %s", run_id, exc)
+            return False
+
+    def _reindex(self, run_ids: list[str]) -> None:
+        assert self._client is not None
+        if not run_ids:
+            return
+        try:  # score 0: first in line; a sweep returns an ended run and takes it out again
+            self._client.zadd(RUN_INDEX, dict.fromkeys(run_ids, 0), nx=True)
+        except RedisError as exc:
+            logger.warning("could not put %d ended runs back in the run index: %s",
+                           len(run_ids), exc)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
