@@ -49,6 +49,7 @@ __all__ = [
 
 R = TypeVar("R")
 T = TypeVar("T")
+E = TypeVar("E", bound="Event | None")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _FLUSH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
@@ -183,8 +184,9 @@ def _alive(pid: int) -> bool:
 # -- web tier hooks --------------------------------------------------------------------------
 
 
-async def observe_events(run_id: str, events: AsyncGenerator[Event, None]) -> AsyncIterator[Event]:
-    """``events`` as they are, counting the reader, its run, each event and its lag."""
+async def observe_events(run_id: str, events: AsyncGenerator[E, None]) -> AsyncIterator[E]:
+    """``events`` as they are, counting the reader, its run, each event and its lag (a
+    ``None`` in the source, a silence marked by ``HubReader.timed``, is passed on uncounted)."""
     m = _get()
     if m is None:
         async with contextlib.aclosing(events):
@@ -196,9 +198,10 @@ async def observe_events(run_id: str, events: AsyncGenerator[Event, None]) -> As
     try:
         async with contextlib.aclosing(events):
             async for event in events:
-                m.events.inc()
-                if event.stored_ms:
-                    m.lag.observe(max(time.time() - event.stored_ms / 1000, 0.0))
+                if event is not None:
+                    m.events.inc()
+                    if event.stored_ms:
+                        m.lag.observe(max(time.time() - event.stored_ms / 1000, 0.0))
                 yield event
     finally:
         m.readers.dec()

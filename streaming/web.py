@@ -426,16 +426,21 @@ class _Observed:
         return getattr(self._reader, name)
 
     def __aiter__(self) -> AsyncIterator[Event]:
+        return cast(AsyncIterator[Event], self.timed(None))
+
+    def timed(self, idle: float | None) -> AsyncIterator[Event | None]:
+        """``HubReader.timed``, observed (the SSE response reads this one)."""
         run_id = self._reader.cursor.keys.run_id
-        return _metrics.observe_events(run_id, _follow_attempt(self._reader))
+        return _metrics.observe_events(run_id, _follow_attempt(self._reader, idle))
 
 
-async def _follow_attempt(reader: HubReader) -> AsyncGenerator[Event, None]:
-    """``reader``'s events; a ``restarted`` event updates ``reader.attempt`` (for log lines)."""
-    events = cast(AsyncGenerator[Event, None], aiter(reader))  # __aiter__ is a generator
+async def _follow_attempt(reader: HubReader,
+                          idle: float | None) -> AsyncGenerator[Event | None, None]:
+    """``reader.timed(idle)``; a ``restarted`` event updates ``reader.attempt`` (log lines)."""
+    events = cast(AsyncGenerator[Event | None, None], reader.timed(idle))  # a generator
     async with contextlib.aclosing(events):  # leaves the hub as soon as the client does
         async for event in events:
-            if event.event == "restarted":
+            if event is not None and event.event == "restarted":
                 with contextlib.suppress(ValueError, TypeError, KeyError):
                     reader.attempt = int(json.loads(event.data)["attempt"])
             yield event
