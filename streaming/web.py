@@ -312,25 +312,20 @@ class StreamEndpoints:
     # -- handlers --------------------------------------------------------------------------
 
     async def stream(self, request: Request) -> Response:
-        run_id = request.path_params["run_id"]
-        try:
-            validate_run_id(run_id)
-            source, raw = _query_cursor(request)
-            cursor = _cursor_of(source, raw)
-            await self.authorize(request, run_id)
-            return await self._serve(run_id, source, cursor, pings=True)
-        except (InvalidInput, AccessDenied, Unavailable) as exc:
-            return error_response(exc)
+        return await self._get_stream(request)
 
     async def ui_stream(self, request: Request) -> Response:
+        return await self._get_stream(request, ui_message_response)
+
+    async def _get_stream(self, request: Request, framing: Framing | None = None) -> Response:
+        """A ``GET`` of a run's events (cursor from the headers or the query) in ``framing``."""
         run_id = request.path_params["run_id"]
         try:
             validate_run_id(run_id)
             source, raw = _query_cursor(request)
             cursor = _cursor_of(source, raw)
             await self.authorize(request, run_id)
-            return await self._serve(run_id, source, cursor, pings=True,
-                                     framing=ui_message_response)
+            return await self._serve(run_id, source, cursor, pings=True, framing=framing)
         except (InvalidInput, AccessDenied, Unavailable) as exc:
             return error_response(exc)
 
