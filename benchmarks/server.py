@@ -121,8 +121,10 @@ def _append_rounds(client: redis.Redis, runs: int, chunks: int, per_call: int) -
     for first in range(1, chunks + 1, per_call):
         pipe = client.pipeline(transaction=False)
         for run in keys:
+            # ARGV as the writer sends them (StreamWriter._append_args): no merged entries
+            # (weights ''), the default byte cap.
             pipe.evalsha(append, 3, *run, token, 60_000, 3600, 3600, 10_000, first, "",
-                         int(time.time() * 1000), "", 1, *frames)
+                         int(time.time() * 1000), "", 1, "", 64 * 1024 * 1024, *frames)
         pipe.execute()
     elapsed = time.perf_counter() - started
     return {"source": f"the APPEND script: {runs} runs, pipelines of one call of {per_call} "
