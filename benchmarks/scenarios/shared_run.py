@@ -11,17 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core import Context, Figure, Result, Target, scenario
+from ..core import Context, Figure, Result, scenario
 from ..procs import Child
 from .common import cleanup, run_ids
 from .sides import (
     HUB_CLIENT_NOTE,
     alternated,
-    delay_ms,
+    delivery_rows,
     hub_readers,
     pooled,
     project_producer,
-    received_percent,
     run_pair,
     seed_producer,
     seed_readers,
@@ -44,31 +43,16 @@ def run(ctx: Context) -> Result:
     if ctx.seed:
         sides = alternated({"p": lambda: _measure(ctx, seed_n, seconds, "p"),
                             "s": lambda: _measure(ctx, seed_n, seconds, "s")}, repeats)
-        _rows(result, seed_n, sides["p"], sides["s"], None)
+        delivery_rows(50.0, result, seed_n, sides["p"], sides["s"], None)
     project = pooled([_measure(ctx, n, seconds, "p") for _ in range(repeats)])
-    _rows(result, n, project, None, "n/a (not measured)" if ctx.seed else ctx.seed_missing)
+    delivery_rows(50.0, result, n, project, None,
+                  "n/a (not measured)" if ctx.seed else ctx.seed_missing)
     result.add(Figure("readers joined and waiting", "s", "lower", project["join_seconds"],
                       note=f"N={n:,}"))
     result.params["hub"] = project.get("hub")
     result.notes.append(HUB_CLIENT_NOTE)
     cleanup(ctx.redis_url, NAME)
     return result
-
-
-def _rows(result: Result, n: int, project: dict[str, Any], seed: dict[str, Any] | None,
-          missing: str | None) -> None:
-    for q, target in ((50, None), (99, Target(limit=50.0))):
-        result.add(Figure(f"p{q} delivery, N={n:,}", "ms", "lower", delay_ms(project, q),
-                          delay_ms(seed, q) if seed else missing, target=target))
-    result.add(Figure(f"chunks received, N={n:,}", "%", "higher", received_percent(project),
-                      received_percent(seed) if seed else missing, target=Target(limit=100)))
-    result.add(Figure(f"reader process CPU, N={n:,}", "% of a core", "lower",
-                      project["cpu_percent"], seed["cpu_percent"] if seed else missing,
-                      note="worst repeat, while streaming"))
-    result.params[f"p99 of each repeat at N={n}, ms"] = {
-        "project": project["each_p99_ms"], **({"seed": seed["each_p99_ms"]} if seed else {})}
-    if seed:
-        result.params[f"seed_read_errors at N={n}"] = seed["errors"]
 
 
 def _measure(ctx: Context, n: int, seconds: float, side: str) -> dict[str, Any]:

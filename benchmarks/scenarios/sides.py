@@ -22,6 +22,7 @@ from streaming.hub import ReaderHub
 from streaming.settings import Settings
 from streaming.writer import StreamWriter
 
+from ..core import Figure, Result, Target
 from ..procs import Channel, Child, answer_async
 from ..stats import percentile
 from .common import SEED_POOL, chunk_data, load_seed, open_runs, seed_client, sent_at, sse_frame
@@ -304,3 +305,21 @@ def run_pair(producer: Child, make_readers: Callable[[], Child], ids: list[str],
         read = readers.channel.expect("result", grace + 120)
     read.update(joined or {})
     return produced, read
+
+
+def delivery_rows(p99_limit: float, result: Result, n: int, project: dict[str, Any],
+                  seed: dict[str, Any] | None, missing: str | None) -> None:
+    """The rows of a delivery scenario at N readers: p50, p99 (its target ``p99_limit`` ms),
+    chunks received, reader CPU; ``missing`` stands where the seed was not measured."""
+    for q, target in ((50, None), (99, Target(limit=p99_limit))):
+        result.add(Figure(f"p{q} delivery, N={n:,}", "ms", "lower", delay_ms(project, q),
+                          delay_ms(seed, q) if seed else missing, target=target))
+    result.add(Figure(f"chunks received, N={n:,}", "%", "higher", received_percent(project),
+                      received_percent(seed) if seed else missing, target=Target(limit=100)))
+    result.add(Figure(f"reader process CPU, N={n:,}", "% of a core", "lower",
+                      project["cpu_percent"], seed["cpu_percent"] if seed else missing,
+                      note="worst repeat, while streaming"))
+    result.params[f"p99 of each repeat at N={n}, ms"] = {
+        "project": project["each_p99_ms"], **({"seed": seed["each_p99_ms"]} if seed else {})}
+    if seed:
+        result.params[f"seed_read_errors at N={n}"] = seed["errors"]
