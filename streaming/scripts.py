@@ -35,6 +35,18 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 """
 
+# KEYS: stream, meta, lease. A key of the run that holds another kind of value (someone
+# else's key) stops the script: -> {"wrongtype", key, its type}, the key left as it is.
+_KEY_TYPES = """
+local kinds = {'stream', 'hash', 'string'}
+for i = 1, 3 do
+  local kind = redis.call('TYPE', KEYS[i])['ok']
+  if kind ~= 'none' and kind ~= kinds[i] then
+    return {'wrongtype', KEYS[i], kind}
+  end
+end
+"""
+
 # KEYS: meta. ARGV: ttl. Records a queued run (attempt 0) and the time it was queued; a run
 # already known (queued, claimed or ended) keeps its fields and expiry. -> server time (ms)
 MARK = Script("mark", "#!lua\n" + _NOW + """
@@ -54,14 +66,7 @@ return now
 #    else's key: left as it is, expiry included)
 # ``chunks`` counts the output chunks stored (``APPEND``): a new attempt that does not resume
 # starts it over at 0, one that resumes continues after it.
-CLAIM = Script("claim", "#!lua\n" + _NOW + """
-local kinds = {'stream', 'hash', 'string'}
-for i = 1, 3 do
-  local kind = redis.call('TYPE', KEYS[i])['ok']
-  if kind ~= 'none' and kind ~= kinds[i] then
-    return {'wrongtype', KEYS[i], kind}
-  end
-end
+CLAIM = Script("claim", "#!lua\n" + _NOW + _KEY_TYPES + """
 local ended = redis.call('HGET', KEYS[2], 'end')
 if ended then
   return {'ended', ended, tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')}
@@ -258,14 +263,7 @@ return out
 # A later attempt's ``CLAIM`` then finds the run ended and writes nothing.
 # -> {"ended", kind, last seq} (ended now or before) | {"missing"} | {"live", lease pttl}
 #    | {"early", ms until due} | {"wrongtype", key, its type}
-END = Script("end", "#!lua\n" + _NOW + """
-local kinds = {'stream', 'hash', 'string'}
-for i = 1, 3 do
-  local kind = redis.call('TYPE', KEYS[i])['ok']
-  if kind ~= 'none' and kind ~= kinds[i] then
-    return {'wrongtype', KEYS[i], kind}
-  end
-end
+END = Script("end", "#!lua\n" + _NOW + _KEY_TYPES + """
 local m = redis.call('HMGET', KEYS[2], 'seq', 'attempt', 'end', 'queued', 'expires')
 if m[3] then
   return {'ended', m[3], tonumber(m[1] or '0')}
