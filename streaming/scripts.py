@@ -217,15 +217,22 @@ local now = 0
 if not clock['err'] then
   now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 end
+-- A writer holds the lease until its stored expiry: judged from that, with the server's clock,
+-- so the common, repeated liveness check is one call per run. Without the clock or a stored
+-- expiry (a meta written by an older version), the lease key itself; only a string is a lease.
+local function held(lease, expires)
+  if now > 0 and expires then return tonumber(expires) > now end
+  return redis.call('TYPE', lease)['ok'] == 'string'
+end
 local out = {}
 for i = 1, #KEYS, 3 do
-  -- Two calls for a run with meta (the common, repeated liveness check); more only for the
-  -- rare cases: no meta (never started, vanished, or written by the seed).
+  -- One call for a run with meta; more only for the rare cases: no meta (never started,
+  -- vanished, or written by the seed).
   local m = redis.pcall('HMGET', KEYS[i], 'seq', 'attempt', 'end', 'queued', 'expires')
   if m['err'] then m = {false, false, false, false, false} end
   local kind, state, last = 'stream', nil, ''
   if m[3] then state = 'ended'
-  elseif m[2] and redis.call('TYPE', KEYS[i + 1])['ok'] == 'string' then state = 'live'
+  elseif m[2] and held(KEYS[i + 1], m[5]) then state = 'live'
   elseif m[2] == '0' then state = 'pending'
   elseif m[2] then state = 'idle'
   else
