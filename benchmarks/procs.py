@@ -8,6 +8,7 @@ with tagged messages (``("ready", None)``, ``("result", {...})``) and every wait
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import traceback
@@ -93,6 +94,15 @@ def _child_main(target: Callable[..., None], conn: multiprocessing.connection.Co
         raise
     finally:
         conn.close()
+
+
+def use_uvloop() -> None:
+    """Event loops of this process run on uvloop when it is installed (the ``web`` extra), as
+    a production web process's do."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def answer_async(channel: Channel, coro: Coroutine[Any, Any, Any], teardown: float = 2.0) -> None:

@@ -10,12 +10,11 @@ about ten times the CPU per event, which at 10,000 clients would measure the cli
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from .procs import Channel, answer_async
+from .procs import Channel, answer_async, use_uvloop
 from .scenarios.common import sent_at
 
 __all__ = ["sse_load"]
@@ -89,10 +88,7 @@ def sse_load(channel: Channel, base_url: str, streams: list[tuple[str, str]],
              grace: float) -> None:
     """Clients of ``streams`` (``(run id, read token)``); protocol of ``benchmarks.procs``:
     ``ready`` once all are connected, then ``stop`` (chunks to expect per run) -> ``result``."""
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    use_uvloop()
     answer_async(channel, _run(channel, base_url, streams, grace))
 
 

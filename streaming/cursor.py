@@ -17,11 +17,16 @@ from .settings import Settings
 from .wire import Event, RunKeys, Terminal, entry_event, made_event, parse_frame, terminal_of
 
 __all__ = [
-    "NOT_A_RUN", "Entry", "RunCursor", "RunStatus", "id_key", "stream_id_after", "wrong_type",
+    "NOT_A_RUN", "Entry", "Parsed", "RunCursor", "RunStatus", "id_key", "parse_entries",
+    "stream_id_after", "wrong_type",
     "xread_reply",
 ]
 
 Entry = tuple[str, dict[str, str]]
+#: An entry parsed once for every reader it is handed to: (id as a sortable pair, id, seq id,
+#: its event; None for an entry without a seq id, which no reader yields). A complete entry's
+#: event has its ``terminal``.
+Parsed = tuple[tuple[int, int], str, int, Event | None]
 #: Seconds a reader waits past a run's stored deadline before it checks again: the server's
 #: times are in milliseconds and a reader's timers are not exact.
 DEADLINE_SLACK = 0.25
@@ -110,6 +115,13 @@ def xread_reply(reply: Any) -> list[tuple[str, list[Entry]]]:
             for key, entries in items]
 
 
+def parse_entries(entries: Sequence[Entry]) -> list[Parsed]:
+    """``entries`` parsed for ``RunCursor.feed_parsed``."""
+    return [(id_key(entry_id), entry_id, int(fields.get("seq_id", 0)),
+             entry_event(fields) if "seq_id" in fields else None)
+            for entry_id, fields in entries]
+
+
 def stream_id_after(seq: int) -> str:
     """The stream position just before ``seq + 1`` in our id scheme (``0-<seq>``)."""
     return f"0-{seq}"
@@ -128,6 +140,7 @@ class RunCursor:
         self.keys = keys
         self.after = after
         self.last_id = stream_id_after(after)
+        self.last_key = (0, after)  # ``last_id`` as a sortable pair
         self.terminal: Terminal | None = None
         self.queue_timeout = settings.queue_timeout
         self.producer_timeout = settings.producer_timeout
@@ -136,35 +149,34 @@ class RunCursor:
     def done(self) -> bool:
         return self.terminal is not None
 
-    def is_newer(self, entry_id: str) -> bool:
-        return id_key(entry_id) > id_key(self.last_id)
-
     def feed(self, entries: Sequence[Entry]) -> Iterator[Event]:
         """Events for ``entries`` (in stream order) that this reader has not seen.
 
         Lazy: the cursor moves as each event is taken, so a consumer that stops early
         resumes from the last event it took, not the last one fetched.
         """
-        last = id_key(self.last_id)
-        for entry_id, fields in entries:
-            if self.done:
+        return self.feed_parsed(parse_entries(entries))
+
+    def feed_parsed(self, items: Sequence[Parsed]) -> Iterator[Event]:
+        """``feed()`` for entries already parsed (``parse_entries``): a hub parses a batch once
+        for all the readers of the run."""
+        last = self.last_key
+        for key, entry_id, seq, event in items:
+            if self.terminal is not None or key <= last:
                 continue
-            key = id_key(entry_id)
-            if key <= last:
-                continue
-            self.last_id, last = entry_id, key
-            seq = int(fields.get("seq_id", 0))
+            self.last_id, self.last_key = entry_id, key
+            last = key
             if seq <= self.after:
                 # A seed stream's duplicate numbering, or an entry from before the cursor; if it
                 # is the ending, the reader already has it.
-                if fields.get("complete") == "true":
-                    self.terminal = entry_event(fields).terminal
+                if event is not None and event.terminal is not None:
+                    self.terminal = event.terminal
                 continue
             if seq > self.after + 1:
                 gap = self._gap(self.after + 1, seq - 1)
                 self.after = seq - 1
                 yield gap
-            event = entry_event(fields)
+            assert event is not None  # its seq id is past the cursor's
             self.after = seq
             self.terminal = event.terminal
             yield event

@@ -25,7 +25,7 @@ from redis.exceptions import ResponseError
 
 from .client import TRANSIENT
 from .control import ending_refused
-from .cursor import NOT_A_RUN, Entry, RunCursor, RunStatus, id_key
+from .cursor import NOT_A_RUN, Entry, Parsed, RunCursor, RunStatus, id_key, parse_entries
 from .errors import StreamGoneError
 
 if TYPE_CHECKING:
@@ -37,25 +37,32 @@ logger = logging.getLogger(__name__)
 _STATUS_KEYS = 300  # runs per status request
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Sub:
     """One reader following one run: the entries handed to it and not taken yet.
 
     Woken with ``wake()`` (the follower, once per batch it hands over) and waited on with
     ``wait()`` (the reader): a plain future of the loop per wait, made and resolved in C, not
     an ``asyncio.Event`` (whose every wait asks for the running loop, a ``getpid()`` system call
-    on Python 3.11, and goes through a waiters deque in Python).
+    on Python 3.11, and goes through a waiters deque in Python). ``entries`` is parsed once per
+    batch for all the run's readers, and may be that shared list: it is replaced, never
+    changed in place.
     """
 
     cursor: RunCursor
     sent_id: str  # newest entry handed to this reader
-    entries: list[Entry] = field(default_factory=list)
+    entries: list[Parsed] = field(default_factory=list)
+    #: ``sent_id`` as a sortable pair.
+    sent: tuple[int, int] = field(init=False)
     lagged: bool = False
     status: RunStatus | None = None
     #: The store refused this process the guarded ending: the reader makes it up.
     unwritable: bool = False
     ready: bool = False
     waiter: asyncio.Future[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.sent = id_key(self.sent_id)
 
     def wake(self) -> None:
         """Something changed for this reader (entries, a status, its end)."""
@@ -125,7 +132,7 @@ class Follower:
             self._earliest = min(self._earliest, at)
             if not new:
                 self._sooner()
-        if new or id_key(sub.sent_id) < id_key(self.pos[key]):
+        if new or sub.sent < id_key(self.pos[key]):
             self.pos[key] = sub.sent_id
             self._behind(key)
         self.changed.set()
@@ -173,31 +180,31 @@ class Follower:
         if not subs or not entries:
             return
         limit = self.hub.settings.reader_queue
-        behind: str | None = None
+        behind: Sub | None = None
         self._heard(key)
-        start, first = id_key(after), id_key(entries[0][0])
+        items = parse_entries(entries)  # once for all the run's readers
+        start, first = id_key(after), items[0][0]
+        last_key, last_id = items[-1][0], items[-1][1]
         for sub in list(subs):
-            sent = id_key(sub.sent_id)
+            sent = sub.sent
             if sent < start:
                 # It joined, further back, while this read was in flight: the batch does not
                 # start where it is. It gets the next read, from its own position.
-                if behind is None or sent < id_key(behind):
-                    behind = sub.sent_id
+                if behind is None or sent < behind.sent:
+                    behind = sub
                 continue
-            new = entries
-            if first <= sent:
-                new = [e for e in entries if id_key(e[0]) > sent]
+            new = items if sent < first else [item for item in items if item[0] > sent]
             if not new:
                 continue
             if len(sub.entries) + len(new) > limit:
                 sub.lagged = True
                 self.remove(sub)
             else:
-                sub.entries.extend(new)
-                sub.sent_id = new[-1][0]
+                sub.entries = sub.entries + new if sub.entries else new
+                sub.sent, sub.sent_id = last_key, last_id
             sub.wake()
         if key in self.pos:
-            self.pos[key] = entries[-1][0] if behind is None else behind
+            self.pos[key] = last_id if behind is None else behind.sent_id
             if behind is not None:
                 self._behind(key)
 

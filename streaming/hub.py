@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
 from redis.backoff import NoBackoff
@@ -352,14 +352,39 @@ class HubReader:
             start, self._start = self._start or [], []
             for event in start:
                 yield event
+            loop = asyncio.get_running_loop()
             while not cursor.done:
                 async for event in self._catch_up():
                     yield event
-                if not cursor.done:
-                    async for maybe in self._follow(idle):
-                        yield maybe
+                if cursor.done:
+                    break
+                # Following, written out here rather than in a generator of its own: every
+                # event of a live run passes this loop, one generator layer less per event.
+                shard = self.hub._shard(cursor.keys.stream, self._rings)
+                sub = Sub(cursor, cursor.last_id)
+                shard.add(sub, self._check_in)
+                try:
+                    while not cursor.done and not sub.lagged:
+                        if not await sub.wait(loop, idle):
+                            yield None  # idle for ``idle`` seconds
+                            continue
+                        for event in self._handed(sub, shard):
+                            yield event
+                finally:
+                    shard.remove(sub)
         finally:
             self.hub.readers -= 1
+
+    def _handed(self, sub: Sub, shard: Follower) -> Iterator[Event]:
+        """The events of what the hub handed ``sub`` since it last woke."""
+        if shard.closed:
+            raise ReaderError("the reader hub was closed")
+        cursor = self.cursor
+        entries, sub.entries = sub.entries, []
+        yield from cursor.feed_parsed(entries)
+        if sub.status is not None and not cursor.done:
+            status, sub.status = sub.status, None
+            yield from cursor.check_alive(status, unwritable=sub.unwritable)
 
     async def _catch_up(self) -> AsyncIterator[Event]:
         cursor = self.cursor
@@ -378,27 +403,3 @@ class HubReader:
                 yield event
             if len(entries) < count:
                 return
-
-    async def _follow(self, idle: float | None) -> AsyncIterator[Event | None]:
-        cursor = self.cursor
-        shard = self.hub._shard(cursor.keys.stream, self._rings)
-        sub = Sub(cursor, cursor.last_id)
-        shard.add(sub, self._check_in)
-        loop = asyncio.get_running_loop()
-        try:
-            while not cursor.done and not sub.lagged:
-                if not await sub.wait(loop, idle):
-                    yield None  # idle for ``idle`` seconds
-                    continue
-                if shard.closed:
-                    raise ReaderError("the reader hub was closed")
-                entries, sub.entries = sub.entries, []
-                for event in cursor.feed(entries):
-                    yield event
-                if sub.status is not None and not cursor.done:
-                    status, sub.status = sub.status, None
-                    for event in cursor.check_alive(status, unwritable=sub.unwritable):
-                        yield event
-        finally:
-            shard.remove(sub)
-

@@ -18,12 +18,13 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from streaming.gcpolicy import GcPacer
 from streaming.hub import ReaderHub
 from streaming.settings import Settings
 from streaming.writer import StreamWriter
 
 from ..core import Figure, Result, Target
-from ..procs import Channel, Child, answer_async
+from ..procs import Channel, Child, answer_async, use_uvloop
 from ..stats import percentile
 from .common import SEED_POOL, chunk_data, load_seed, open_runs, seed_client, sent_at, sse_frame
 
@@ -163,8 +164,11 @@ class _Tally:
 
 def hub_readers(channel: Channel, url: str, ids: list[str], overrides: dict[str, Any],
                 connections: int, grace: float, copies: int = 1) -> None:
-    """This project's readers: one ``ReaderHub`` in this process, ``copies`` readers per run."""
+    """This project's readers: one ``ReaderHub`` in this process, ``copies`` readers per run,
+    run as in a web process: on uvloop, with its garbage-collection pacing
+    (``settings.gc_mode``, ``streaming.gcpolicy``)."""
     settings = Settings(redis_url=url, **overrides)
+    use_uvloop()
     answer_async(channel, _hub_read(channel, settings, ids, connections, grace, copies))
 
 
@@ -172,6 +176,8 @@ async def _hub_read(channel: Channel, settings: Settings, ids: list[str], connec
                     grace: float, copies: int) -> dict[str, Any]:
     tally = _Tally(ids)
     async with ReaderHub(settings, connections=connections) as hub:
+        pacer = GcPacer(settings.gc_mode, lambda: hub.joins, lambda: hub.readers)
+        pacer.start()
 
         async def follow(run_id: str) -> None:
             async for event in hub.read(run_id, starting_after=0):
@@ -186,7 +192,8 @@ async def _hub_read(channel: Channel, settings: Settings, ids: list[str], connec
         await tally.settle({run: n * copies for run, n in expected.items()}, grace)
         stats = hub.stats()
         await _cancel(tasks)
-    return tally.result(hub=stats, cpu_percent=cpu)
+        await pacer.aclose()
+    return tally.result(hub=stats, cpu_percent=cpu, gc_mode=settings.gc_mode)
 
 
 async def _wait_followed(hub: ReaderHub, count: int, timeout: float) -> float:
