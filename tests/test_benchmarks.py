@@ -52,7 +52,6 @@ def test_quick_run_measures_every_scenario_for_the_project(quick: dict[str, Any]
     assert quick["mode"] == "quick"
     assert set(quick["scenarios"]) == set(SCENARIOS)
     assert quick["machine"]["cores"] and quick["machine"]["server"]
-    assert quick["seconds"] < 90, "quick mode must stay well under a minute and a half"
     for name, scenario in SCENARIOS.items():
         result = quick["scenarios"][name]
         if scenario.pending:

@@ -89,6 +89,12 @@ def test_bad_run_ids_are_refused_before_any_command(watched, run_id):
 async def test_the_hub_refuses_bad_input_before_any_command(watched):
     local, monitor, _ = watched
     async with ReaderHub(local) as hub:
+        # The hub's own doorbell connection comes up in the background: let it first, so what
+        # the monitor sees after the mark can only be the bad input's doing.
+        deadline = time.monotonic() + 5
+        while hub._doorbell is not None and hub._doorbell._listener is None:
+            assert time.monotonic() < deadline, "the hub's doorbell never subscribed"
+            await asyncio.sleep(0.01)
         start = await asyncio.to_thread(monitor.mark)
         for cursor in BAD_CURSORS:
             with pytest.raises(InvalidCursor):
