@@ -26,7 +26,7 @@ from .client import TRANSIENT, AsyncClient, SyncClient
 from .cursor import RunStatus
 from .errors import InvalidInput, StreamGoneError
 from .settings import Settings
-from .wire import RUN_INDEX, RunKeys, Terminal, terminal_frame
+from .wire import DOORBELL, RUN_INDEX, RunKeys, Terminal, terminal_frame
 
 __all__ = [
     "aend_if_overdue",
@@ -224,7 +224,7 @@ def _end_args(keys: RunKeys, settings: Settings, when: str,
               pending: tuple[Terminal, str], claimed: tuple[Terminal, str]) -> list[Any]:
     if when not in _WHEN:
         raise InvalidInput(f"when must be one of {', '.join(_WHEN)}, got {when!r}")
-    notify = keys.notify if settings.cluster or settings.doorbell else ""
+    notify = keys.notify if settings.cluster else DOORBELL if settings.doorbell else ""
     return [keys.stream, keys.meta, keys.lease, when, _ms(settings.queue_timeout),
             _ms(settings.producer_timeout), settings.retention, settings.max_stream_length,
             notify, pending[0].value, pending[1], claimed[0].value, claimed[1]]

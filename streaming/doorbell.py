@@ -5,17 +5,18 @@ each time any of them gets an entry: with thousands of quiet runs followed, that
 of every round, on the client and on the server. Instead, after each flush our writer
 publishes the stream keys it wrote to on one shard channel (``wire.DOORBELL``, ``SPUBLISH``,
 which the project's ACL users may already use: one message per flush, whatever the number of
-runs in it), the guarded ``END`` publishes a run's new last seq
-on the run's shard channel (``RunKeys.notify``), and the ``DoorbellFollower``:
+runs in it), the guarded ``END`` publishes the stream key of the run it ended there too, and
+the ``DoorbellFollower``:
 
-- subscribes (``SSUBSCRIBE``) to the doorbell channel and to the channel of each followed run,
-  on one pubsub connection;
+- subscribes (``SSUBSCRIBE``) to the doorbell channel alone, once, on one pubsub connection:
+  a reader joining or leaving costs no command of its own;
 - on a message marks the followed runs it names, and reads the marked runs together in one
   non-blocking ``XREAD`` from their positions (through the hub's shared client), handing the
   entries to the runs' readers (``streaming.fanout``): a round costs the runs that changed;
-- reads a run when it is first followed and again when a subscription is confirmed, which
-  closes the race between a reader's catch-up and the subscription; after a lost pubsub
-  connection it subscribes everything again and reads every followed run once;
+- reads a run when it is first followed (after the reader's catch-up) and every followed run
+  when the doorbell's subscription is confirmed, which closes the race between a catch-up and
+  the subscription; after a lost pubsub connection it subscribes again and so reads every
+  followed run once;
 - checks quiet runs' status once per ``liveness_interval`` like any follower, and reads a run
   whose last seq is ahead of its position: the safety net for a message lost anyway.
 
@@ -39,7 +40,7 @@ from redis.retry import Retry
 from .client import TRANSIENT, async_client
 from .cursor import RunStatus, id_key, xread_reply
 from .fanout import Follower
-from .wire import DOORBELL, NOTIFY_SUFFIX
+from .wire import DOORBELL
 
 if TYPE_CHECKING:
     from .hub import ReaderHub
@@ -52,7 +53,7 @@ _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
 
 
 class DoorbellFollower(Follower):
-    """Follows our writers' runs on one server through their shard channels (see module)."""
+    """Follows our writers' runs on one server through the doorbell channel (see module)."""
 
     def __init__(self, hub: ReaderHub) -> None:
         super().__init__(hub)
@@ -60,9 +61,6 @@ class DoorbellFollower(Follower):
                                    retry=Retry(NoBackoff(), 0))
         self.pubsub = self.client.pubsub()
         self.dirty: dict[str, None] = {}  # stream keys to read
-        self.subscribe: dict[str, None] = {}  # channels to subscribe to
-        self.unsubscribe: dict[str, None] = {}  # channels to unsubscribe from
-        self.channels: set[str] = set()  # subscribed (or being subscribed)
         self.notifications = 0
         self._doorbell = True  # the doorbell channel is to be subscribed to
         self._listener: asyncio.Task[None] | None = None
@@ -70,19 +68,10 @@ class DoorbellFollower(Follower):
     # -- events (readers joining and leaving, notifications) --------------------------------
 
     def _behind(self, key: str) -> None:
-        channel = key + NOTIFY_SUFFIX
-        self.unsubscribe.pop(channel, None)
-        if channel not in self.channels:
-            self.subscribe[channel] = None
         self._mark(key)
 
     def _unfollowed(self, key: str) -> None:
-        channel = key + NOTIFY_SUFFIX
-        self.subscribe.pop(channel, None)
         self.dirty.pop(key, None)
-        if channel in self.channels:
-            self.unsubscribe[channel] = None
-            self.changed.set()
 
     def _checked(self, key: str, status: RunStatus) -> None:
         if key in self.pos and id_key(self.pos[key]) < (0, status.last_seq):
@@ -94,17 +83,6 @@ class DoorbellFollower(Follower):
     def _mark(self, key: str) -> None:
         self.dirty[key] = None
         self.changed.set()
-
-    def _notified(self, channel: str, data: str) -> None:
-        self.notifications += 1
-        key = channel.removesuffix(NOTIFY_SUFFIX)
-        if key in self.pos and (not data.isdigit() or id_key(self.pos[key]) < (0, int(data))):
-            self._mark(key)
-
-    def _confirmed(self, channel: str) -> None:
-        key = channel.removesuffix(NOTIFY_SUFFIX)
-        if key in self.pos:
-            self._mark(key)
 
     def _rang(self, data: str) -> None:
         """A writer's flush: the stream keys it wrote to."""
@@ -127,7 +105,7 @@ class DoorbellFollower(Follower):
     async def run(self) -> None:
         delay = _BACKOFF_MIN
         while not self.closed:
-            if not (self.dirty or self.subscribe or self.unsubscribe or self._doorbell):
+            if not (self.dirty or self._doorbell):
                 self.changed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), max(self.next_check_in(), 0.0))
@@ -142,7 +120,6 @@ class DoorbellFollower(Follower):
                 logger.error("reader hub: doorbells refused (%s): readers wait for liveness "
                              "checks; grant the channels &sse:* or set STREAMING_DOORBELL=false",
                              exc)
-                self.subscribe.clear()
                 self._doorbell = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX)
@@ -159,15 +136,6 @@ class DoorbellFollower(Follower):
         if self._doorbell:
             self._doorbell = False
             await self.pubsub.ssubscribe(DOORBELL)
-            self._listen_soon()
-        if self.unsubscribe:
-            channels, self.unsubscribe = list(self.unsubscribe), {}
-            self.channels.difference_update(channels)
-            await self.pubsub.sunsubscribe(*channels)
-        if self.subscribe:
-            channels, self.subscribe = list(self.subscribe), {}
-            self.channels.update(channels)
-            await self.pubsub.ssubscribe(*channels)
             self._listen_soon()
 
     def _listen_soon(self) -> None:
@@ -227,28 +195,17 @@ class DoorbellFollower(Follower):
             logger.error("reader hub: doorbells refused: %s", exc)
 
     def _handle(self, message: dict[str, Any]) -> None:
-        kind, channel = message["type"], message["channel"]
-        if kind == "smessage":
-            if channel == DOORBELL:
-                self._rang(message["data"])
-            else:
-                self._notified(channel, message["data"])
-        elif kind == "ssubscribe":
-            if channel == DOORBELL:
-                self._listening()
-            else:
-                self._confirmed(channel)
+        if message["type"] == "smessage":
+            self._rang(message["data"])
+        elif message["type"] == "ssubscribe":
+            self._listening()
 
     async def _reconnect(self) -> None:
-        """Drop the pubsub connection; subscribe every followed run again and read them all."""
+        """Drop the pubsub connection; subscribe again (the confirmation reads every followed
+        run once)."""
         listener, self._listener = self._listener, None
         old, self.pubsub = self.pubsub, self.client.pubsub()
         self._doorbell = True
-        self.channels.clear()
-        self.unsubscribe.clear()
-        for key in self.pos:
-            self.subscribe[key + NOTIFY_SUFFIX] = None
-            self.dirty[key] = None
         self.changed.set()
         if listener is not None and listener is not asyncio.current_task():
             listener.cancel()

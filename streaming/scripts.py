@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from .wire import DOORBELL
+
 __all__ = ["APPEND", "CLAIM", "END", "MARK", "REFRESH", "RELEASE", "STATUS", "Script"]
 
 
@@ -259,6 +261,8 @@ return out
 # ARGV: when (due | not_live | always), queue_timeout ms, producer_timeout ms, retention,
 #       maxlen, notify channel ('' for none), kind and frame if the run is pending,
 #       kind and frame if it was claimed.
+# The notification is the new last seq on the run's shard channel (a cluster), or the stream
+# key on the doorbell channel (``wire.DOORBELL``, a single server), as a writer's flush rings it.
 # The guarded ending: writes the run's terminal entry exactly as ``APPEND`` would (next seq
 # id, entry id 0-<seq>, ``complete`` true, meta ``end``, retention TTLs, lease dropped, shard
 # notification) if ``when`` allows it, judged by the server's clock:
@@ -302,7 +306,9 @@ redis.call('HSET', KEYS[2], 'seq', seq, 'end', kind, 'expires', now)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('DEL', KEYS[3])
-if ARGV[6] ~= '' then
+if ARGV[6] == '""" + DOORBELL + """' then
+  redis.pcall('SPUBLISH', ARGV[6], KEYS[1])
+elseif ARGV[6] ~= '' then
   redis.pcall('SPUBLISH', ARGV[6], seq)
 end
 return {'ended', kind, seq}

@@ -13,9 +13,12 @@ from typing import Any
 import pytest
 import redis
 
+from streaming.client import sync_client
+from streaming.control import end_run
 from streaming.doorbell import DoorbellFollower
 from streaming.hub import ReaderHub
 from streaming.settings import Settings
+from streaming.wire import Terminal
 from streaming.writer import StreamWriter
 
 
@@ -117,3 +120,25 @@ async def test_a_run_without_doorbell_is_followed_by_the_blocking_read(
         await asyncio.wait_for(task, 30)
     assert [e.data for e in got] == ["one", "[DONE]"]
     redis_client.delete(key)
+
+
+async def test_an_ending_stored_by_someone_else_rings_the_doorbell(
+        quiet: Settings, slow_writer: StreamWriter, redis_client: redis.Redis) -> None:
+    """An operator's (or a sweep's) ``END`` over a live, quiet run: the hub's reader gets the
+    ending at once, not at the next liveness check (two minutes away here)."""
+    run = await slow_writer.aopen(f"ended-{uuid.uuid4().hex}")
+    await run.asend("one")
+    async with ReaderHub(quiet) as hub:
+        got: list[Any] = []
+        task = asyncio.create_task(collect(hub, run.run_id, got))
+        await until(lambda: len(got) == 1 and hub.stats()["following"] == 1, 30,
+                    "the first chunk, then following")
+        admin = sync_client(quiet)
+        try:
+            assert end_run(admin, run.run_id, quiet, Terminal.CANCELLED, "by hand",
+                           when="always") is Terminal.CANCELLED
+        finally:
+            admin.close()
+        await asyncio.wait_for(task, 3)
+    assert [e.terminal for e in got] == [None, Terminal.CANCELLED]
+    assert got[0].data == "one"
