@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from redis.backoff import NoBackoff
@@ -32,7 +32,7 @@ from redis.retry import Retry
 from . import cluster, control
 from . import metrics as _metrics
 from .client import TRANSIENT, AsyncClient, async_client
-from .cursor import NOT_A_RUN, Entry, RunCursor, RunStatus, wrong_type, xread_reply
+from .cursor import NOT_A_RUN, Entry, Parsed, RunCursor, RunStatus, wrong_type, xread_reply
 from .doorbell import DoorbellFollower
 from .errors import ReaderError, StreamGoneError
 from .fanout import Follower, Sub
@@ -348,16 +348,10 @@ class HubReader:
         self.hub.readers += 1
         self.hub.joins += 1
         try:
-            await self.open()
-            start, self._start = self._start or [], []
-            for event in start:
+            async for event in self._catch_up(opening=True):
                 yield event
             loop = asyncio.get_running_loop()
             while not cursor.done:
-                async for event in self._catch_up():
-                    yield event
-                if cursor.done:
-                    break
                 # Following, written out here rather than in a generator of its own: every
                 # event of a live run passes this loop, one generator layer less per event.
                 shard = self.hub._shard(cursor.keys.stream, self._rings)
@@ -368,26 +362,42 @@ class HubReader:
                         if not await sub.wait(loop, idle):
                             yield None  # idle for ``idle`` seconds
                             continue
-                        for event in self._handed(sub, shard):
+                        for event in cursor.feed_parsed(self._taken(sub, shard)):
                             yield event
+                        if sub.status is not None:
+                            for event in self._checked(sub):
+                                yield event
                 finally:
                     shard.remove(sub)
+                async for event in self._catch_up():  # it fell behind: on its own again
+                    yield event
         finally:
             self.hub.readers -= 1
 
-    def _handed(self, sub: Sub, shard: Follower) -> Iterator[Event]:
-        """The events of what the hub handed ``sub`` since it last woke."""
+    @staticmethod
+    def _taken(sub: Sub, shard: Follower) -> list[Parsed]:
+        """What the hub handed ``sub`` since it last woke."""
         if shard.closed:
             raise ReaderError("the reader hub was closed")
-        cursor = self.cursor
         entries, sub.entries = sub.entries, []
-        yield from cursor.feed_parsed(entries)
-        if sub.status is not None and not cursor.done:
-            status, sub.status = sub.status, None
-            yield from cursor.check_alive(status, unwritable=sub.unwritable)
+        return entries
 
-    async def _catch_up(self) -> AsyncIterator[Event]:
+    def _checked(self, sub: Sub) -> list[Event]:
+        """The ending a status the hub handed ``sub`` calls for, if any."""
+        status, sub.status = sub.status, None
+        if status is None or self.cursor.done:
+            return []
+        return self.cursor.check_alive(status, unwritable=sub.unwritable)
+
+    async def _catch_up(self, opening: bool = False) -> AsyncIterator[Event]:
+        """Non-blocking reads from the cursor until the run's end or its newest entry; when
+        ``opening``, the run is checked first (``open()``) and what that found comes first."""
         cursor = self.cursor
+        if opening:
+            await self.open()
+            start, self._start = self._start or [], []
+            for event in start:
+                yield event
         # A reader whose client does not read holds its batch: reader_queue bounds it here too.
         count = min(_BATCH, self.hub.settings.reader_queue)
         while not cursor.done:

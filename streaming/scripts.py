@@ -234,8 +234,8 @@ for i = 1, #KEYS, 3 do
   if m['err'] then m = {false, false, false, false, false} end
   local kind, state, last = 'stream', nil, ''
   if m[3] then state = 'ended'
+  elseif m[2] == '0' then state = 'pending'  -- never claimed: no lease to look at
   elseif m[2] and held(KEYS[i + 1], m[5]) then state = 'live'
-  elseif m[2] == '0' then state = 'pending'
   elseif m[2] then state = 'idle'
   else
     state = 'missing'
