@@ -73,7 +73,8 @@ DONE_FRAME = "data: [DONE]\n\n"
 #: A run's shard channel is its stream key and this (``RunKeys.notify``).
 NOTIFY_SUFFIX = ":notify"
 #: A single server's doorbell channel: after each flush a writer publishes there the stream
-#: keys it wrote to, space-separated (``streaming.doorbell``).
+#: keys it wrote to, space-separated, and ``END`` the key of a run it ended
+#: (``streaming.doorbell``).
 DOORBELL = "sse:doorbell"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 #: Decimal digits, zero padding allowed (the value is bounded by ``MAX_SEQ`` afterwards).
