@@ -12,15 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core import Context, Figure, Result, scenario
+from ..core import Context, Result, scenario
 from ..procs import Child
-from .common import cleanup, run_ids
+from .common import run_ids
 from .sides import (
-    HUB_CLIENT_NOTE,
-    alternated,
-    delivery_rows,
     hub_readers,
-    pooled,
+    hub_rows,
     project_producer,
     run_pair,
     seed_producer,
@@ -45,23 +42,13 @@ def run(ctx: Context) -> Result:
                                   "order": "project and seed take turns at the seed's N",
                                   "figure": "percentiles over every sample of every repeat",
                                   "reader": "ReaderHub, 1 blocking connection"})
-    if ctx.seed:  # both designs at the N the seed can manage, then the project alone at N
-        sides = alternated({"p": lambda: _measure(ctx, seed_n, seconds, "p"),
-                            "s": lambda: _measure(ctx, seed_n, seconds, "s")}, repeats)
-        delivery_rows(20.0, result, seed_n, sides["p"], sides["s"], None)
-    project = pooled([_measure(ctx, n, seconds, "p") for _ in range(repeats)])
-    delivery_rows(20.0, result, n, project, None,
-                  "n/a (not practical)" if ctx.seed else ctx.seed_missing)
     if ctx.seed:
         result.notes.append(f"seed at N={n:,}: not practical, its readers would send "
                             f"{n / 0.1:,.0f} XRANGE/s from one process")
-    result.add(Figure("readers joined and waiting", "s", "lower", project["join_seconds"],
-                      note=f"N={n:,}"))
-    result.params["hub"] = project.get("hub")
-    result.notes.append(HUB_CLIENT_NOTE)
-    cleanup(ctx.redis_url, NAME)
+    # Both designs at the N the seed can manage, then the project alone at N.
+    hub_rows(ctx, result, NAME, 20.0, n, seed_n, repeats,
+             lambda readers, side: _measure(ctx, readers, seconds, side), "n/a (not practical)")
     return result
-
 
 def _measure(ctx: Context, n: int, seconds: float, side: str) -> dict[str, Any]:
     ids = run_ids(NAME, n, side)

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core import Context, Figure, Result, scenario
+from ..core import Context, Result, scenario
 from ..procs import Child
-from .common import cleanup, run_ids
+from .common import run_ids
 from .sides import (
-    HUB_CLIENT_NOTE,
-    alternated,
-    delivery_rows,
     hub_readers,
-    pooled,
+    hub_rows,
     project_producer,
     run_pair,
     seed_producer,
@@ -40,20 +37,9 @@ def run(ctx: Context) -> Result:
         "chunks_per_second": RATE, "deliveries_per_second": n * RATE, "repeats": repeats,
         "order": "project and seed take turns at the seed's N",
         "figure": "percentiles over every sample of every repeat"})
-    if ctx.seed:
-        sides = alternated({"p": lambda: _measure(ctx, seed_n, seconds, "p"),
-                            "s": lambda: _measure(ctx, seed_n, seconds, "s")}, repeats)
-        delivery_rows(50.0, result, seed_n, sides["p"], sides["s"], None)
-    project = pooled([_measure(ctx, n, seconds, "p") for _ in range(repeats)])
-    delivery_rows(50.0, result, n, project, None,
-                  "n/a (not measured)" if ctx.seed else ctx.seed_missing)
-    result.add(Figure("readers joined and waiting", "s", "lower", project["join_seconds"],
-                      note=f"N={n:,}"))
-    result.params["hub"] = project.get("hub")
-    result.notes.append(HUB_CLIENT_NOTE)
-    cleanup(ctx.redis_url, NAME)
+    hub_rows(ctx, result, NAME, 50.0, n, seed_n, repeats,
+             lambda readers, side: _measure(ctx, readers, seconds, side), "n/a (not measured)")
     return result
-
 
 def _measure(ctx: Context, n: int, seconds: float, side: str) -> dict[str, Any]:
     ids = run_ids(NAME, 1, side)

@@ -23,16 +23,26 @@ from streaming.hub import ReaderHub
 from streaming.settings import Settings
 from streaming.writer import StreamWriter
 
-from ..core import Figure, Result, Target
+from ..core import Context, Figure, Result, Target
 from ..procs import Channel, Child, answer_async, use_uvloop
 from ..stats import percentile
-from .common import SEED_POOL, chunk_data, load_seed, open_runs, seed_client, sent_at, sse_frame
+from .common import (
+    SEED_POOL,
+    chunk_data,
+    cleanup,
+    load_seed,
+    open_runs,
+    seed_client,
+    sent_at,
+    sse_frame,
+)
 
 __all__ = [
     "HUB_CLIENT_NOTE",
     "alternated",
     "delay_ms",
     "hub_readers",
+    "hub_rows",
     "pooled",
     "project_producer",
     "received_percent",
@@ -330,3 +340,21 @@ def delivery_rows(p99_limit: float, result: Result, n: int, project: dict[str, A
         "project": project["each_p99_ms"], **({"seed": seed["each_p99_ms"]} if seed else {})}
     if seed:
         result.params[f"seed_read_errors at N={n}"] = seed["errors"]
+
+
+def hub_rows(ctx: Context, result: Result, name: str, p99_limit: float, n: int, seed_n: int,
+             repeats: int, measure: Callable[[int, str], dict[str, Any]], absent: str) -> None:
+    """The rows of a hub scenario: both designs at ``seed_n`` readers taking turns, then the
+    project alone at ``n`` (``absent`` stands for the seed there); ``measure(readers, side)``
+    runs one repeat of side ``"p"`` or ``"s"``. Cleans the scenario's keys up."""
+    if ctx.seed:
+        sides = alternated({"p": lambda: measure(seed_n, "p"),
+                            "s": lambda: measure(seed_n, "s")}, repeats)
+        delivery_rows(p99_limit, result, seed_n, sides["p"], sides["s"], None)
+    project = pooled([measure(n, "p") for _ in range(repeats)])
+    delivery_rows(p99_limit, result, n, project, None, absent if ctx.seed else ctx.seed_missing)
+    result.add(Figure("readers joined and waiting", "s", "lower", project["join_seconds"],
+                      note=f"N={n:,}"))
+    result.params["hub"] = project.get("hub")
+    result.notes.append(HUB_CLIENT_NOTE)
+    cleanup(ctx.redis_url, name)
