@@ -3,9 +3,7 @@ in a directory of its own, with the plugin's in-process worker)."""
 
 from __future__ import annotations
 
-import textwrap
-
-from test_testing_plugin import CONFTEST, run_pytest
+from test_testing_plugin import run_pytest, write_user_project
 
 USER_APP = '''
 import logging
@@ -42,9 +40,7 @@ def test_lines_about_a_run_say_which(streaming_worker, streaming_runs, caplog):
 
 
 def test_a_users_task_logs_with_its_run_and_attempt(tmp_path, redis_url):
-    (tmp_path / "userapp.py").write_text(textwrap.dedent(USER_APP))
-    (tmp_path / "conftest.py").write_text(textwrap.dedent(CONFTEST))
-    (tmp_path / "test_user.py").write_text(textwrap.dedent(USER_TESTS))
+    write_user_project(tmp_path, USER_APP, USER_TESTS)
     done = run_pytest(tmp_path, redis_url)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout

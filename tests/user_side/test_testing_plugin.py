@@ -89,6 +89,12 @@ def test_with_the_session_worker(celery_session_app, celery_session_worker, stre
 '''
 
 
+def write_user_project(where: Path, app: str, tests: str) -> None:
+    """A user's project in ``where``: their app module, this plugin's conftest, their tests."""
+    for name, text in (("userapp.py", app), ("conftest.py", CONFTEST), ("test_user.py", tests)):
+        (where / name).write_text(textwrap.dedent(text))
+
+
 def run_pytest(where: Path, redis_url: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     env |= {"STREAMING_TEST_REDIS_URL": redis_url, "PYTHONPATH": str(where)}
@@ -98,9 +104,7 @@ def run_pytest(where: Path, redis_url: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_users_streaming_tasks_tested_in_a_few_lines(tmp_path, redis_url):
-    (tmp_path / "userapp.py").write_text(textwrap.dedent(USER_APP))
-    (tmp_path / "conftest.py").write_text(textwrap.dedent(CONFTEST))
-    (tmp_path / "test_user.py").write_text(textwrap.dedent(USER_TESTS))
+    write_user_project(tmp_path, USER_APP, USER_TESTS)
     done = run_pytest(tmp_path, redis_url)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 passed" in done.stdout
