@@ -1,5 +1,6 @@
 """The writer against a real server: format, sequence, fencing, exactly-once, outages, fork."""
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -296,6 +297,23 @@ def test_writes_from_many_threads_keep_each_runs_order(writer, settings, redis_c
     for run in runs:
         datas = [f["data"] for _, f in stored(redis_client, run.run_id)]
         assert datas == [f"data: {i}\n\n" for i in range(300)] + ["data: [DONE]\n\n"]
+
+
+def test_an_idle_writer_stores_each_chunk_at_once(settings, redis_client, run_id):
+    """Each send() to an idle writer wakes its loop (no flush() called, and a refresh of
+    quiet runs, which would also flush, 10 s away)."""
+    writer = StreamWriter(dataclasses.replace(settings, lease_ttl=30.0)).start()
+    try:
+        run = writer.open(run_id)
+        for expected in range(1, 6):
+            run.send(str(expected))
+            give_up = time.monotonic() + 2.0
+            while redis_client.xlen(f"sse:run:{run_id}") < expected:
+                assert time.monotonic() < give_up, f"chunk {expected} not stored within 2 s"
+                time.sleep(0.01)
+            time.sleep(0.05)  # idle again before the next one
+    finally:
+        writer.stop(timeout=5)
 
 
 def test_writer_refuses_use_before_start_and_after_stop(settings, run_id):
