@@ -58,9 +58,9 @@ def _add(result: Result, ctx: Context, n: int, seed_n: int, project: dict[str, A
          seed: dict[str, Any] | None) -> None:
     label = f"N={n:,}" + (f" (seed: N={seed_n:,})" if seed and seed_n != n else "")
     for key, name, unit, target in (
-            ("sent_per_reader", "commands sent per reader", "cmd/s", Target(limit=0.1)),
+            ("sent_per_reader", "commands sent per reader", "cmd/s", Target(limit=0.05)),
             ("per_reader", "server commands per reader (script calls included)", "cmd/s",
-             Target(limit=0.1)),
+             Target(limit=0.05)),
             ("server_cpu_percent", "server CPU", "% of a core", None),
             ("cpu_percent", "reader process CPU", "% of a core", None)):
         result.add(Figure(f"{name}, {label}", unit, "lower", project[key],

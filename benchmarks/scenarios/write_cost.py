@@ -12,13 +12,14 @@ import time
 from typing import Any
 
 from streaming.settings import Settings
+from streaming.wire import encode_frame
 from streaming.writer import StreamWriter
 
 from ..core import Context, Figure, Result, Target, scenario
 from ..procs import Channel, Child, answer_async
 from ..stats import percentile
 from .common import chunk_data, cleanup, load_seed, open_runs, run_ids, seed_client, sse_frame
-from .sides import project_producer, seed_producer
+from .sides import paced, project_producer, seed_producer
 
 NAME = "write-cost"
 
@@ -36,6 +37,14 @@ def run(ctx: Context) -> Result:
             result.add(Figure(f"{name}, {load}", "us", "lower", _us(sides["project"], q),
                               _us(sides["seed"], q) if sides["seed"] else ctx.seed_missing,
                               target=Target(limit=5.0) if q == 50 else None))
+    # What any call costs in the same place: the producer wakes from a sleep before each one,
+    # in cold caches, on this machine.
+    with Child(floor_producer, paced["runs"], paced["rate"], paced["seconds"],
+               name="write-cost-floor") as child:
+        floors = child.channel.expect("result", 300)
+    for call, costs in floors.items():
+        result.add(Figure(f"median, paced, the same pacing calling {call} alone", "us", "lower",
+                          _us(costs, 50)))
     cleanup(ctx.redis_url, NAME)
     return result
 
@@ -48,6 +57,16 @@ def _paced(ctx: Context, runs: int, rate: int, seconds: float) -> dict[str, Any]
         seed = _alone(Child(seed_producer, ctx.redis_url, ctx.seed_path,
                             run_ids(NAME, runs, "s"), rate, seconds, name="write-cost-seed"))
     return {"project": project["costs_ns"], "seed": seed["costs_ns"] if seed else None}
+
+
+def floor_producer(channel: Channel, runs: int, rate: float, seconds: float) -> None:
+    """The paced load's costs with ``send()`` replaced by a no-op, then by the SSE framing
+    every ``send()`` does first."""
+    channel.send("result", {
+        "a no-op": paced(runs, rate, seconds, lambda i, data: None),
+        "the SSE framing (encode_frame)": paced(
+            runs, rate, seconds, lambda i, data: encode_frame(data, limit=1 << 20)),
+    })
 
 
 def _alone(producer: Child) -> dict[str, Any]:
