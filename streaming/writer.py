@@ -714,18 +714,23 @@ class StreamWriter:
     def _open_wake_fd(self, loop: asyncio.AbstractEventLoop) -> None:
         """Let producers wake the loop with one write to a file descriptor it watches.
 
-        ``call_soon_threadsafe`` costs a producer at a steady pace about 16 us a chunk on
-        this project's benchmark machine (a handle, a context copy, a socket send), an
-        ``eventfd`` write about 6. The descriptors live as long as this writer object, so a
-        late wake never writes to a descriptor number reused since. A loop that cannot
-        watch them (Windows' proactor) keeps ``call_soon_threadsafe``.
+        ``call_soon_threadsafe`` makes a handle, copies the context and sends on a socket,
+        which a producer that sleeps between chunks pays for in cold caches on every
+        ``send()``; one ``eventfd`` write is a single call. The descriptors live as long as
+        this writer object, so a late wake never writes to a descriptor number reused since.
+        Where there are none to be had, or the loop cannot watch them (Windows' proactor),
+        producers keep ``call_soon_threadsafe``.
         """
-        if hasattr(os, "eventfd"):
-            read = write = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        else:
-            read, write = os.pipe()
-            os.set_blocking(read, False)
-            os.set_blocking(write, False)
+        try:
+            if hasattr(os, "eventfd"):
+                read = write = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            else:
+                read, write = os.pipe()
+                os.set_blocking(read, False)
+                os.set_blocking(write, False)
+        except OSError as exc:  # out of file descriptors
+            logger.warning("writer wakes its loop with call_soon_threadsafe: %s", exc)
+            return
         weakref.finalize(self, _close_fds, {read, write})
         try:
             loop.add_reader(read, self._on_wake_fd)

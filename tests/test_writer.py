@@ -299,10 +299,20 @@ def test_writes_from_many_threads_keep_each_runs_order(writer, settings, redis_c
         assert datas == [f"data: {i}\n\n" for i in range(300)] + ["data: [DONE]\n\n"]
 
 
-def test_an_idle_writer_stores_each_chunk_at_once(settings, redis_client, run_id):
+@pytest.mark.parametrize("descriptors", ["available", "exhausted"])
+def test_an_idle_writer_stores_each_chunk_at_once(settings, redis_client, run_id, monkeypatch,
+                                                   descriptors):
     """Each send() to an idle writer wakes its loop (no flush() called, and a refresh of
-    quiet runs, which would also flush, 10 s away)."""
+    quiet runs, which would also flush, 10 s away): through its eventfd, or through
+    call_soon_threadsafe when no descriptor could be had."""
+    if descriptors == "exhausted":
+        def refuse(*args):
+            raise OSError(24, "Too many open files")
+
+        monkeypatch.setattr(os, "eventfd", refuse, raising=False)
+        monkeypatch.setattr(os, "pipe", refuse)
     writer = StreamWriter(dataclasses.replace(settings, lease_ttl=30.0)).start()
+    assert (writer._wake_fd >= 0) == (descriptors == "available")
     try:
         run = writer.open(run_id)
         for expected in range(1, 6):
