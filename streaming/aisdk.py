@@ -38,11 +38,11 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sse_starlette import EventSourceResponse
 from starlette.responses import Response
 
 from .hub import HubReader
 from .letta import Guard, chunk_text, not_found
+from .responses import StreamResponse
 from .sse import sse_frames
 from .wire import Event, Terminal, encode_frame
 
@@ -187,7 +187,7 @@ async def ui_message_response(reader: HubReader, interval: float | None, guard: 
     return _UIStreamResponse(guard(reader, frames()), ping=0, headers=HEADERS)
 
 
-class _UIStreamResponse(EventSourceResponse):
+class _UIStreamResponse(StreamResponse):
     """Drops the connection (the body never finishes) when the run restarts under it."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:

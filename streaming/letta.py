@@ -38,10 +38,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis.exceptions import RedisError
-from sse_starlette import EventSourceResponse
 from starlette.responses import JSONResponse, Response
 
 from .hub import HubReader
+from .responses import StreamResponse
 from .sse import sse_frames
 from .wire import DONE_FRAME, Event, Terminal, encode_frame, parse_frame
 
@@ -159,7 +159,7 @@ async def letta_response(reader: HubReader, interval: float | None, guard: Guard
         return not_found(reader.cursor.keys.run_id)
     encoder = LettaEncoder(reader.cursor.keys.run_id, await _data_at_cursor(reader))
     frames = sse_frames(reader, interval, encode=encoder, ping=encoder.ping)
-    return EventSourceResponse(guard(reader, frames), ping=0, headers=NO_STORE)
+    return StreamResponse(guard(reader, frames), ping=0, headers=NO_STORE)
 
 
 async def _data_at_cursor(reader: HubReader) -> str | None:

@@ -31,13 +31,13 @@ input gets 400 (413 for a body past ``settings.max_body_bytes``) with a JSON err
 was wrong. Every wait on the store is bounded by ``settings.request_timeout``: an unreachable,
 stalled or failing-over store gets 503 with ``Retry-After``, never a 500 or a hang.
 
-The response is sse-starlette's ``EventSourceResponse`` fed with ``timed_frames`` bytes (the
-hub reader marks its own silences, so a ping costs no task per event): bytes
-pass through as they are (stored frames, ``id:`` lines, our silence-based pings; its own
-fixed-timer ping is off), and it races the stream against the client's disconnect and the
-server's shutdown on every ASGI server. Starlette's ``StreamingResponse`` stops listening
-for disconnects on ASGI 2.4 servers and would notice a gone client only at its next write,
-holding a hub reader until the next ping.
+The response is sse-starlette's ``EventSourceResponse`` (``streaming.responses``, with no
+cancel scope per send) fed with ``timed_frames`` bytes (the hub reader marks its own silences,
+so a ping costs no task per event): bytes pass through as they are (stored frames, ``id:``
+lines, our silence-based pings; its own fixed-timer ping is off), and it races the stream
+against the client's disconnect and the server's shutdown on every ASGI server. Starlette's
+``StreamingResponse`` stops listening for disconnects on ASGI 2.4 servers and would notice a
+gone client only at its next write, holding a hub reader until the next ping.
 
 One ``ReaderHub`` per process serves every stream: ``lifespan`` starts and closes it; without
 the lifespan (a sub-app whose lifespan is not run) the first request starts it.
@@ -58,10 +58,11 @@ from typing import Any, TypeVar, cast
 from redis.exceptions import AskError, RedisError
 
 try:
-    from sse_starlette import EventSourceResponse
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import BaseRoute, Route
+
+    from .responses import StreamResponse
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "streaming.web needs the web extra: pip install 'celery-streaming[web]'"
@@ -390,7 +391,7 @@ class StreamEndpoints:
             return await framing(reader, interval, self._guard)
         # The reader marks its own silences: no task and no wait() per event and client.
         frames = timed_frames(reader.timed(interval), retry_ms=self.retry_ms)
-        return EventSourceResponse(self._guard(reader, frames), ping=0, headers=NO_STORE)
+        return StreamResponse(self._guard(reader, frames), ping=0, headers=NO_STORE)
 
     async def _guard(self, reader: HubReader, frames: AsyncIterator[str]) -> AsyncIterator[bytes]:
         try:
