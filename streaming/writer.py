@@ -133,15 +133,13 @@ class StreamWriter:
         # Hot paths take the lock itself; waits go through the condition on the same lock.
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
-        self._max_buffer = settings.max_buffer_bytes
-        self._accepted = 0
         self._runs: dict[str, _Run] = {}
         self._dirty: dict[_Run, None] = {}
         self._buffered = 0
         self._waiting_since = 0.0  # wall time the oldest unflushed chunk began waiting
         self._wake_pending = False
         self._stopping = False
-        self._closed = True  # writes refused: not started, or stopping (_check_writable says)
+        self._closed = True  # writes refused: not started yet, or stopping
         self._outage_since: float | None = None
         self._outage_reason = ""
         self._stats = WriterStats()
@@ -199,7 +197,6 @@ class StreamWriter:
 
     def stats(self) -> WriterStats:
         with self._lock:
-            self._stats.accepted = self._accepted
             self._stats.buffered_bytes = self._buffered
             self._stats.open_runs = len(self._runs)
             return WriterStats(**vars(self._stats))
@@ -306,7 +303,7 @@ class StreamWriter:
                     or _forks != self._forks
                     or (self._outage_since is not None and ending is None)):
                 self._check_writable(run, outage=ending is None)
-            if self._buffered + size > self._max_buffer:
+            if self._buffered + size > self.settings.max_buffer_bytes:
                 if not block:
                     raise _NoRoom
                 self._wait_for_room(run, size, room_timeout, outage=ending is None)
@@ -317,7 +314,7 @@ class StreamWriter:
             run.pending.append((accepted, frame, int(now * 1000)))
             run.ending = ending
             self._buffered += size
-            self._accepted += 1
+            self._stats.accepted += 1
             self._dirty[run] = None
             if not self._waiting_since:  # the health check reads it even if the loop is stuck
                 self._waiting_since = now
@@ -347,7 +344,7 @@ class StreamWriter:
             delta.add(text)
             run.last_delta = now
             self._buffered += len(text)
-            self._accepted += 1
+            self._stats.accepted += 1
             self._dirty[run] = None
             if not self._waiting_since:
                 self._waiting_since = time.time()
@@ -376,7 +373,7 @@ class StreamWriter:
             raise run.error
         if run.ending is not None:
             raise RunClosedError(f"run {run.keys.run_id} already ended ({run.ending})")
-        if self._stopping or self._thread is None:
+        if self._closed:
             raise WriterStateError("writer is not running: start() it first")
         self._check_process()
         if outage and self._outage_since is not None:
