@@ -41,6 +41,7 @@ def run(ctx: Context) -> Result:
              lambda readers, side: _measure(ctx, readers, seconds, side), "n/a (not measured)")
     return result
 
+
 def _measure(ctx: Context, n: int, seconds: float, side: str) -> dict[str, Any]:
     ids = run_ids(NAME, 1, side)
     if side == "p":
