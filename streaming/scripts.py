@@ -150,14 +150,16 @@ for i = acked - first + 2, n do
   local data = ARGV[12 + i]
   added = added + #data + 32
   if i == n and ending ~= '' then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '0-' .. seq, 'seq_id', seq,
-      'data', data, 'timestamp', ARGV[8], 'complete', 'true')
+    redis.call('XADD', KEYS[1], '0-' .. seq, 'seq_id', seq, 'data', data,
+      'timestamp', ARGV[8], 'complete', 'true')
   else
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '0-' .. seq, 'seq_id', seq,
-      'data', data, 'timestamp', ARGV[8])
+    redis.call('XADD', KEYS[1], '0-' .. seq, 'seq_id', seq, 'data', data, 'timestamp', ARGV[8])
     if first + i - 1 >= output then counted = counted + (weights[first + i - 1] or 1) end
   end
 end
+-- Trimmed once per call, not by every XADD: the server's stream commands parse fewer arguments
+-- per chunk, and the trim (approximate, like MAXLEN ~) ends where the same XADDs would leave it.
+redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen)
 acked = first + n - 1
 redis.call('HSET', KEYS[2], 'seq', seq, 'acked', acked)
 redis.call('HINCRBY', KEYS[2], 'bytes', added)
