@@ -145,21 +145,27 @@ if stored > 0 and seq > 0 then
   maxlen = math.min(maxlen, math.max(math.floor(tonumber(ARGV[12]) * seq / stored), 1))
 end
 local counted, added = 0, 0
-for i = acked - first + 2, n do
+-- Only the call's last XADD trims (MAXLEN ~): fewer arguments for the server to parse per chunk,
+-- and the stream ends the call as trimmed as if every XADD had trimmed. (Not XTRIM: the ACLs
+-- already granted, deploy/redis.acl, need no new command.)
+for i = acked - first + 2, n - 1 do
   seq = seq + 1
   local data = ARGV[12 + i]
   added = added + #data + 32
-  if i == n and ending ~= '' then
-    redis.call('XADD', KEYS[1], '0-' .. seq, 'seq_id', seq, 'data', data,
-      'timestamp', ARGV[8], 'complete', 'true')
-  else
-    redis.call('XADD', KEYS[1], '0-' .. seq, 'seq_id', seq, 'data', data, 'timestamp', ARGV[8])
-    if first + i - 1 >= output then counted = counted + (weights[first + i - 1] or 1) end
-  end
+  redis.call('XADD', KEYS[1], '0-' .. seq, 'seq_id', seq, 'data', data, 'timestamp', ARGV[8])
+  if first + i - 1 >= output then counted = counted + (weights[first + i - 1] or 1) end
 end
--- Trimmed once per call, not by every XADD: the server's stream commands parse fewer arguments
--- per chunk, and the trim (approximate, like MAXLEN ~) ends where the same XADDs would leave it.
-redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen)
+seq = seq + 1
+local data = ARGV[12 + n]
+added = added + #data + 32
+if ending ~= '' then
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '0-' .. seq, 'seq_id', seq, 'data', data,
+    'timestamp', ARGV[8], 'complete', 'true')
+else
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '0-' .. seq, 'seq_id', seq, 'data', data,
+    'timestamp', ARGV[8])
+  if first + n - 1 >= output then counted = counted + (weights[first + n - 1] or 1) end
+end
 acked = first + n - 1
 redis.call('HSET', KEYS[2], 'seq', seq, 'acked', acked)
 redis.call('HINCRBY', KEYS[2], 'bytes', added)
