@@ -1,11 +1,12 @@
 """The per-process stream writer: callers append in microseconds, a background loop flushes.
 
-One ``StreamWriter`` per process (``shared_writer()``). Its flushes run on an asyncio loop in a
-daemon thread it owns. A write appends to an in-memory buffer under a lock and, only when the
-loop is idle, wakes it: an idle writer sends a chunk at once, and while a flush is in flight the
-next chunks gather for the next pipeline (adaptive batching, no fixed linger). Each flush is one
-non-transactional pipeline with one ``APPEND`` script call per run (``streaming.scripts``), so
-Redis assigns contiguous sequence numbers, fences stale writers and drops replayed chunks.
+One ``StreamWriter`` per process (``shared_writer()``). Its flushes run on an asyncio loop
+(uvloop's where it is installed) in a daemon thread it owns. A write appends to an in-memory
+buffer under a lock and, only when the loop is idle, wakes it: an idle writer sends a chunk at
+once, and while a flush is in flight the next chunks gather for the next pipeline (adaptive
+batching, no fixed linger). Each flush is one round trip of pipelined commands with one
+``APPEND`` script call per run (``streaming.scripts``), so Redis assigns contiguous sequence
+numbers, fences stale writers and drops replayed chunks.
 
 Redis outages are retried with backoff, holding at most ``max_buffer_bytes``; a write that finds
 the buffer full waits up to ``buffer_timeout``; past ``unavailable_timeout`` writers get
@@ -30,6 +31,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import redis.asyncio as aredis
 from redis.exceptions import NoScriptError, OutOfMemoryError, ResponseError
 
 from . import metrics as _metrics
@@ -147,6 +149,8 @@ class StreamWriter:
         self._wakeup: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._client: AsyncClient | None = None
+        #: The connection of the flushes (single server), held for the client's life.
+        self._conn: aredis.Connection | None = None
         self._done = threading.Event()
         # The producers' doorbell to the loop (see _wake): an eventfd, or a pipe elsewhere.
         self._wake_fd = -1
@@ -445,7 +449,7 @@ class StreamWriter:
     # -- the flush loop (writer thread) ----------------------------------------------------
 
     def _thread_main(self, ready: threading.Event) -> None:
-        loop = asyncio.new_event_loop()
+        loop = _new_loop()
         self._loop = loop
         self._wakeup = asyncio.Event()
         self._open_wake_fd(loop)
@@ -524,19 +528,14 @@ class StreamWriter:
     async def _send(self, batch: _Batch) -> None:
         started = time.perf_counter()
         try:
-            client = self._get_client()
-            async with client.pipeline(transaction=False) as pipe:
-                for run, chunks, ends, _ in batch:
-                    # execute_command: redis-py's cluster pipeline has no evalsha() method,
-                    # yet routes the command by its keys' slot.
-                    pipe.execute_command("EVALSHA", _APPEND_SHA, 3,
-                                         *self._append_args(run, chunks, ends))
-                if self.settings.doorbell and not self.settings.cluster:
-                    # One message per flush for every hub (streaming.doorbell), after the
-                    # writes it announces; a cluster's runs ring their shard channels instead.
-                    pipe.execute_command("SPUBLISH", DOORBELL,
-                                         " ".join(run.keys.stream for run, *_ in batch))
-                replies = (await pipe.execute(raise_on_error=False))[:len(batch)]
+            commands = [("EVALSHA", _APPEND_SHA, 3, *self._append_args(run, chunks, ends))
+                        for run, chunks, ends, _ in batch]
+            if self.settings.doorbell and not self.settings.cluster:
+                # One message per flush for every hub (streaming.doorbell), after the writes
+                # it announces; a cluster's runs ring their shard channels instead.
+                commands.append(("SPUBLISH", DOORBELL,
+                                 " ".join(run.keys.stream for run, *_ in batch)))
+            replies = (await self._round_trip(commands))[:len(batch)]
         except _TRANSIENT as exc:
             await self._requeue(batch, exc)
             return
@@ -554,6 +553,36 @@ class StreamWriter:
                  if ends and not isinstance(reply, Exception)]
         if ended:
             await self._unindex(ended)
+
+    async def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The replies to ``commands``, sent together; an error reply is its exception.
+
+        On a single server the commands go straight down the writer's own connection and
+        their replies are read off it: redis-py's pipeline around that (a pool checkout, a
+        shield, response callbacks, retries the writer does itself) cost the flush of one
+        chunk more than the sending. A failed round trip leaves replies unread: ``_requeue``
+        then closes the client, this connection with it. A cluster client's pipeline routes
+        the commands by slot.
+        """
+        client = self._get_client()
+        if not isinstance(client, aredis.Redis):
+            async with client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    # execute_command: redis-py's cluster pipeline has no evalsha() method,
+                    # yet routes the command by its keys' slot.
+                    pipe.execute_command(*command)
+                return await pipe.execute(raise_on_error=False)
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        await conn.send_packed_command(conn.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
 
     def _observe_flush(self, seconds: float, batch: _Batch, retry: list[Any]) -> None:
         again = {id(item) for item, _ in retry}
@@ -663,6 +692,7 @@ class StreamWriter:
         if self.settings.cluster:
             return  # a cluster client reconnects per node and keeps the nodes it discovered
         client, self._client = self._client, None
+        self._conn = None  # the client's: closed with it
         if client is not None:
             with contextlib.suppress(*_TRANSIENT):
                 await client.aclose()
@@ -928,6 +958,16 @@ def _close_fds(fds: set[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """The writer thread's event loop: uvloop's where it is installed (a flush costs the
+    thread less of its time in the loop's own code), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import sys
 import threading
 import time
 
@@ -324,6 +325,28 @@ def test_an_idle_writer_stores_each_chunk_at_once(settings, redis_client, run_id
             time.sleep(0.05)  # idle again before the next one
     finally:
         writer.stop(timeout=5)
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_the_writer_flushes_on_uvloop_or_on_asyncio(settings, redis_client, run_id, monkeypatch,
+                                                    loop):
+    """The writer thread's loop is uvloop's where it is installed, asyncio's without it."""
+    uvloop = pytest.importorskip("uvloop") if loop == "uvloop" else None
+    if loop == "asyncio":
+        monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
+    writer = StreamWriter(settings).start()
+    try:
+        assert isinstance(writer._loop, uvloop.Loop) if uvloop else \
+            type(writer._loop).__module__.startswith("asyncio")
+        run = writer.open(run_id)
+        for i in range(3):
+            run.send(str(i))
+        run.finish()
+        writer.flush(10)
+    finally:
+        writer.stop(timeout=5)
+    assert [f["data"] for _, f in stored(redis_client, run_id)] == [
+        "data: 0\n\n", "data: 1\n\n", "data: 2\n\n", "data: [DONE]\n\n"]
 
 
 def test_writer_refuses_use_before_start_and_after_stop(settings, run_id):
