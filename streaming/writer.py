@@ -459,8 +459,7 @@ class StreamWriter:
         except asyncio.CancelledError:
             pass
         finally:
-            if self._client is not None:
-                loop.run_until_complete(self._client.aclose())
+            loop.run_until_complete(self._close_client())
             loop.close()
             self._done.set()
             with self._lock:
@@ -691,11 +690,21 @@ class StreamWriter:
     async def _reset_client(self) -> None:
         if self.settings.cluster:
             return  # a cluster client reconnects per node and keeps the nodes it discovered
+        await self._close_client()
+
+    async def _close_client(self) -> None:
+        """Close the client, the flushes' connection given back to its pool first (a pool the
+        client does not own, from ``client_factory``, outlives it)."""
         client, self._client = self._client, None
-        self._conn = None  # the client's: closed with it
-        if client is not None:
+        conn, self._conn = self._conn, None
+        if client is None:
+            return
+        if conn is not None and isinstance(client, aredis.Redis):
             with contextlib.suppress(*_TRANSIENT):
-                await client.aclose()
+                await conn.disconnect()
+            await client.connection_pool.release(conn)
+        with contextlib.suppress(*_TRANSIENT):
+            await client.aclose()
 
     async def _load_scripts(self) -> None:
         client = self._get_client()

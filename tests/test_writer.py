@@ -1,5 +1,6 @@
 """The writer against a real server: format, sequence, fencing, exactly-once, outages, fork."""
 
+import asyncio
 import dataclasses
 import json
 import multiprocessing
@@ -331,13 +332,14 @@ def test_an_idle_writer_stores_each_chunk_at_once(settings, redis_client, run_id
 def test_the_writer_flushes_on_uvloop_or_on_asyncio(settings, redis_client, run_id, monkeypatch,
                                                     loop):
     """The writer thread's loop is uvloop's where it is installed, asyncio's without it."""
-    uvloop = pytest.importorskip("uvloop") if loop == "uvloop" else None
-    if loop == "asyncio":
+    if loop == "uvloop":
+        kind = pytest.importorskip("uvloop").Loop
+    else:
+        kind = asyncio.BaseEventLoop  # asyncio's own loops; uvloop's is not one
         monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
     writer = StreamWriter(settings).start()
     try:
-        assert isinstance(writer._loop, uvloop.Loop) if uvloop else \
-            type(writer._loop).__module__.startswith("asyncio")
+        assert isinstance(writer._loop, kind)
         run = writer.open(run_id)
         for i in range(3):
             run.send(str(i))
@@ -347,6 +349,27 @@ def test_the_writer_flushes_on_uvloop_or_on_asyncio(settings, redis_client, run_
         writer.stop(timeout=5)
     assert [f["data"] for _, f in stored(redis_client, run_id)] == [
         "data: 0\n\n", "data: 1\n\n", "data: 2\n\n", "data: [DONE]\n\n"]
+
+
+def test_a_pool_from_client_factory_gets_the_flush_connection_back(settings, redis_client,
+                                                                    run_id):
+    """The flushes hold a connection of the client's pool: a pool the writer's client does
+    not own (shared by a ``client_factory``) has it back when the writer stops."""
+    import redis.asyncio as aredis
+
+    pool = aredis.BlockingConnectionPool.from_url(settings.redis_url, max_connections=4,
+                                                  decode_responses=True)
+    writer = StreamWriter(settings,
+                          client_factory=lambda: aredis.Redis(connection_pool=pool)).start()
+    try:
+        run = writer.open(run_id)
+        run.send("x")
+        writer.flush(10)
+        assert len(pool._in_use_connections) == 1  # the flushes' own, held between them
+    finally:
+        writer.stop(timeout=5)
+    assert redis_client.xlen(f"sse:run:{run_id}") == 1
+    assert not pool._in_use_connections
 
 
 def test_writer_refuses_use_before_start_and_after_stop(settings, run_id):
