@@ -6,14 +6,14 @@ by its key's slot and follow the cluster's redirections (``MOVED``, ``ASK``) the
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import redis
 import redis.asyncio as aredis
 import redis.asyncio.cluster as acluster
 import redis.cluster
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ClusterError, RedisClusterException, TryAgainError
+from redis.exceptions import ClusterError, RedisClusterException, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -22,7 +22,8 @@ from .errors import ConfigurationError
 from .packing import PackedConnection
 from .settings import CLUSTER_SCHEME, Settings
 
-__all__ = ["TRANSIENT", "AsyncClient", "SyncClient", "async_client", "server_url", "sync_client"]
+__all__ = ["TRANSIENT", "AsyncClient", "SyncClient", "async_client", "round_trip", "server_url",
+           "sync_client"]
 
 #: A client of the stream store: one server, or a cluster.
 AsyncClient: TypeAlias = "aredis.Redis | acluster.RedisCluster"
@@ -87,3 +88,19 @@ def sync_client(settings: Settings, *, reader: bool = False, **overrides: object
     if settings.cluster:
         return redis.cluster.RedisCluster.from_url(url, **options)
     return redis.Redis.from_url(url, **options)
+
+
+async def round_trip(conn: aredis.Connection, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """The raw replies to ``commands``, sent together down ``conn``; an error reply is its
+    exception. No redis-py command wrapper around them (a pool checkout, response callbacks,
+    retries): for the hot paths that hold a connection of their own. A failure to send or
+    read raises, and redis-py has then closed ``conn`` (its next command connects again), so
+    no reply is left on it to be read as the next one's."""
+    await conn.send_packed_command(conn.pack_commands(commands))
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(await conn.read_response())
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies

@@ -18,8 +18,7 @@ from .wire import Event, RunKeys, Terminal, entry_event, made_event, parse_frame
 
 __all__ = [
     "NOT_A_RUN", "Entry", "Parsed", "RunCursor", "RunStatus", "id_key", "parse_entries",
-    "stream_id_after", "wrong_type",
-    "xread_reply",
+    "stream_id_after", "wrong_type", "xread_raw", "xread_reply",
 ]
 
 Entry = tuple[str, dict[str, str]]
@@ -112,6 +111,15 @@ def xread_reply(reply: Any) -> list[tuple[str, list[Entry]]]:
         return []
     items = reply.items() if isinstance(reply, dict) else reply
     return [(key, list(entries[0] if isinstance(reply, dict) else entries))
+            for key, entries in items]
+
+
+def xread_raw(reply: Any) -> list[tuple[str, list[Entry]]]:
+    """A raw ``XREAD`` reply (no redis-py response callback) as ``[(key, entries)]``, whichever
+    protocol version answered."""
+    items = reply.items() if isinstance(reply, dict) else reply or []
+    return [(key, [(entry_id, dict(zip(fields[::2], fields[1::2], strict=True)))
+                   for entry_id, fields in entries])
             for key, entries in items]
 
 

@@ -11,8 +11,10 @@ the ``DoorbellFollower``:
 - subscribes (``SSUBSCRIBE``) to the doorbell channel alone, once, on one pubsub connection:
   a reader joining or leaving costs no command of its own;
 - on a message marks the followed runs it names, and reads the marked runs together in one
-  non-blocking ``XREAD`` from their positions (through the hub's shared client), handing the
-  entries to the runs' readers (``streaming.fanout``): a round costs the runs that changed;
+  non-blocking ``XREAD`` from their positions, handing the entries to the runs' readers
+  (``streaming.fanout``): a round costs the runs that changed. The reads go down a connection
+  of the follower's own, without redis-py's command wrapper (``client.round_trip``): every
+  chunk of a live run costs one of them;
 - reads a run when it is first followed (after the reader's catch-up) and every followed run
   when the doorbell's subscription is confirmed, which closes the race between a catch-up and
   the subscription; after a lost pubsub connection it subscribes again and so reads every
@@ -30,15 +32,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+import redis.asyncio as aredis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError, ResponseError
 from redis.retry import Retry
 
-from .client import TRANSIENT, async_client
-from .cursor import RunStatus, id_key, xread_reply
+from .client import TRANSIENT, async_client, round_trip
+from .cursor import RunStatus, id_key, xread_raw
 from .fanout import Follower
 from .wire import DOORBELL
 
@@ -57,9 +60,12 @@ class DoorbellFollower(Follower):
 
     def __init__(self, hub: ReaderHub) -> None:
         super().__init__(hub)
-        self.client = async_client(hub.settings, reader=True, single_connection_client=True,
-                                   retry=Retry(NoBackoff(), 0))
+        # A single server's (the doorbells are off in a cluster).
+        self.client = cast(aredis.Redis, async_client(
+            hub.settings, reader=True, single_connection_client=True, retry=Retry(NoBackoff(), 0)))
         self.pubsub = self.client.pubsub()
+        #: The connection of the reads, from ``client``'s pool (closed with it).
+        self.conn: aredis.Connection | None = None
         self.dirty: dict[str, None] = {}  # stream keys to read
         self.notifications = 0
         self._doorbell = True  # the doorbell channel is to be subscribed to
@@ -147,13 +153,15 @@ class DoorbellFollower(Follower):
         self.dirty.clear()
         if not keys:
             return
-        streams: dict[Any, Any] = {key: self.pos[key] for key in keys}
-        try:
-            async with self.hub._gate:
-                reply = xread_reply(await self.hub.client.xread(streams, count=_BATCH))
-        except ResponseError as exc:
-            await self._drop_bad_keys(keys, exc)
+        streams = {key: self.pos[key] for key in keys}
+        if self.conn is None:
+            self.conn = await self.client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        [answer] = await round_trip(self.conn, [("XREAD", "COUNT", _BATCH, "STREAMS", *streams,
+                                                 *streams.values())])
+        if isinstance(answer, ResponseError):
+            await self._drop_bad_keys(keys, answer)
             return
+        reply = xread_raw(answer)
         self.reads += 1
         for key, entries in reply:
             if len(entries) >= _BATCH:

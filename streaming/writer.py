@@ -36,7 +36,7 @@ from redis.exceptions import NoScriptError, OutOfMemoryError, ResponseError
 
 from . import metrics as _metrics
 from . import scripts
-from .client import TRANSIENT, AsyncClient, async_client
+from .client import TRANSIENT, AsyncClient, async_client, round_trip
 from .deltas import MERGE_LIMIT, Delta, weights_arg
 from .errors import (
     BufferFullError,
@@ -557,11 +557,10 @@ class StreamWriter:
         """The replies to ``commands``, sent together; an error reply is its exception.
 
         On a single server the commands go straight down the writer's own connection and
-        their replies are read off it: redis-py's pipeline around that (a pool checkout, a
-        shield, response callbacks, retries the writer does itself) cost the flush of one
-        chunk more than the sending. A failed round trip leaves replies unread: ``_requeue``
-        then closes the client, this connection with it. A cluster client's pipeline routes
-        the commands by slot.
+        their replies are read off it (``client.round_trip``): redis-py's pipeline around that
+        (a pool checkout, a shield, response callbacks, retries the writer does itself) cost
+        the flush of one chunk more than the sending. A cluster client's pipeline routes the
+        commands by slot.
         """
         client = self._get_client()
         if not isinstance(client, aredis.Redis):
@@ -574,14 +573,7 @@ class StreamWriter:
         conn = self._conn
         if conn is None:
             conn = self._conn = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-        await conn.send_packed_command(conn.pack_commands(commands))
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as exc:
-                replies.append(exc)
-        return replies
+        return await round_trip(conn, commands)
 
     def _observe_flush(self, seconds: float, batch: _Batch, retry: list[Any]) -> None:
         again = {id(item) for item, _ in retry}

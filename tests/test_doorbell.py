@@ -12,9 +12,12 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aredis
 
-from streaming.client import sync_client
+from streaming import doorbell as doorbell_module
+from streaming.client import round_trip, sync_client
 from streaming.control import end_run
+from streaming.cursor import xread_raw
 from streaming.doorbell import DoorbellFollower
 from streaming.hub import ReaderHub
 from streaming.settings import Settings
@@ -48,8 +51,8 @@ async def collect(hub: ReaderHub, run_id: str, out: list[Any]) -> None:
         out.append(event)
 
 
-async def test_a_round_reads_only_the_runs_that_rang(quiet: Settings,
-                                                     slow_writer: StreamWriter) -> None:
+async def test_a_round_reads_only_the_runs_that_rang(quiet: Settings, slow_writer: StreamWriter,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     writer = slow_writer
     tag = uuid.uuid4().hex[:8]
     idle = [await writer.aopen(f"quiet-{tag}-{i}") for i in range(200)]
@@ -63,13 +66,15 @@ async def test_a_round_reads_only_the_runs_that_rang(quiet: Settings,
         await until(lambda: hub.stats()["following"] == 201, 30, "readers following")
         await asyncio.sleep(0.5)  # the first reads of every run (join, confirmation) are over
         sizes: list[int] = []
-        real_xread = hub.client.xread
+        real_round_trip = doorbell_module.round_trip
 
-        async def xread(streams: dict[str, str], **options: Any) -> Any:
-            sizes.append(len(streams))
-            return await real_xread(streams, **options)
+        async def round_trip(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+            [(name, _, _, _, *streams)] = commands  # XREAD COUNT n STREAMS keys... ids...
+            assert name == "XREAD"
+            sizes.append(len(streams) // 2)
+            return await real_round_trip(conn, commands)
 
-        hub.client.xread = xread  # type: ignore[method-assign]
+        monkeypatch.setattr(doorbell_module, "round_trip", round_trip)
         for i in range(20):
             await busy.asend(f"chunk {i}")
             await asyncio.sleep(0.01)
@@ -142,3 +147,23 @@ async def test_an_ending_stored_by_someone_else_rings_the_doorbell(
         await asyncio.wait_for(task, 3)
     assert [e.terminal for e in got] == [None, Terminal.CANCELLED]
     assert got[0].data == "one"
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_a_raw_xread_reply_reads_the_same_in_either_protocol(settings: Settings,
+                                                                   protocol: int) -> None:
+    """The doorbell's reads take ``XREAD``'s raw reply (no redis-py callback): RESP2 answers
+    a list of [key, entries], RESP3 a map of key to entries."""
+    client = aredis.Redis.from_url(settings.redis_url, protocol=protocol, decode_responses=True)
+    key = f"sse:run:raw-{uuid.uuid4().hex}"
+    try:
+        await client.xadd(key, {"seq_id": "1", "data": "one"}, id="0-1")
+        await client.xadd(key, {"seq_id": "2", "data": "two"}, id="0-2")
+        conn = await client.connection_pool.get_connection()
+        [answer] = await round_trip(conn, [("XREAD", "COUNT", 10, "STREAMS", key, "0-0")])
+        await client.connection_pool.release(conn)
+        assert xread_raw(answer) == [(key, [("0-1", {"seq_id": "1", "data": "one"}),
+                                            ("0-2", {"seq_id": "2", "data": "two"})])]
+    finally:
+        await client.delete(key)
+        await client.aclose()
