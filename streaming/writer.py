@@ -686,14 +686,13 @@ class StreamWriter:
 
     async def _close_client(self) -> None:
         """Close the client, the flushes' connection given back to its pool first (a pool the
-        client does not own, from ``client_factory``, outlives it)."""
+        client does not own, from ``client_factory``, outlives it). No reply is left on that
+        connection: redis-py closes one whose command failed (``client.round_trip``)."""
         client, self._client = self._client, None
         conn, self._conn = self._conn, None
         if client is None:
             return
         if conn is not None and isinstance(client, aredis.Redis):
-            with contextlib.suppress(*_TRANSIENT):
-                await conn.disconnect()
             await client.connection_pool.release(conn)
         with contextlib.suppress(*_TRANSIENT):
             await client.aclose()
