@@ -93,6 +93,16 @@ class AppProcess:
         return sum(1 for c in psutil.Process(self.process.pid).net_connections("tcp")
                    if c.raddr and c.raddr.port == port)
 
+    def serving(self) -> dict[int, int]:
+        """Client connections each worker process holds on the app's port (``--workers``)."""
+        assert self.process is not None
+        held = {}
+        for worker in psutil.Process(self.process.pid).children():
+            held[worker.pid] = sum(1 for c in worker.net_connections("tcp")
+                                   if c.laddr.port == self.port
+                                   and c.status == psutil.CONN_ESTABLISHED)
+        return {pid: count for pid, count in held.items() if count}
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
