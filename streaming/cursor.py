@@ -8,7 +8,7 @@ reader and the shared async hub both drive one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,7 +157,7 @@ class RunCursor:
     def done(self) -> bool:
         return self.terminal is not None
 
-    def feed(self, entries: Sequence[Entry]) -> Iterator[Event]:
+    def feed(self, entries: Sequence[Entry]) -> Iterable[Event]:
         """Events for ``entries`` (in stream order) that this reader has not seen.
 
         Lazy: the cursor moves as each event is taken, so a consumer that stops early
@@ -165,9 +165,23 @@ class RunCursor:
         """
         return self.feed_parsed(parse_entries(entries))
 
-    def feed_parsed(self, items: Sequence[Parsed]) -> Iterator[Event]:
+    def feed_parsed(self, items: Sequence[Parsed]) -> Iterable[Event]:
         """``feed()`` for entries already parsed (``parse_entries``): a hub parses a batch once
-        for all the readers of the run."""
+        for all the readers of the run.
+
+        A live run's usual batch, its one next entry, takes a path of its own: no generator
+        per reader and entry (taking it at once is what taking it lazily would do).
+        """
+        if len(items) == 1:
+            key, entry_id, seq, event = items[0]
+            if seq == self.after + 1 and key > self.last_key and self.terminal is None:
+                assert event is not None  # an entry with a seq id
+                self.last_id, self.last_key, self.after = entry_id, key, seq
+                self.terminal = event.terminal
+                return (event,)
+        return self._feed(items)
+
+    def _feed(self, items: Sequence[Parsed]) -> Iterator[Event]:
         last = self.last_key
         for key, entry_id, seq, event in items:
             if self.terminal is not None or key <= last:

@@ -42,11 +42,11 @@ class Sub:
     """One reader following one run: the entries handed to it and not taken yet.
 
     Woken with ``wake()`` (the follower, once per batch it hands over) and waited on with
-    ``wait()`` (the reader): a plain future of the loop per wait, made and resolved in C, not
-    an ``asyncio.Event`` (whose every wait asks for the running loop, a ``getpid()`` system call
-    on Python 3.11, and goes through a waiters deque in Python). ``entries`` is parsed once per
-    batch for all the run's readers, and may be that shared list: it is replaced, never
-    changed in place.
+    ``waiting()`` (the reader, until ``ready``): a plain future of the loop per wait, made and
+    resolved in C, not an ``asyncio.Event`` (whose every wait asks for the running loop, a
+    ``getpid()`` system call on Python 3.11, and goes through a waiters deque in Python).
+    ``entries`` is parsed once per batch for all the run's readers, and may be that shared
+    list: it is replaced, never changed in place.
     """
 
     cursor: RunCursor
@@ -60,6 +60,7 @@ class Sub:
     unwritable: bool = False
     ready: bool = False
     waiter: asyncio.Future[None] | None = None
+    timer: asyncio.TimerHandle | None = None
 
     def __post_init__(self) -> None:
         self.sent = id_key(self.sent_id)
@@ -68,25 +69,28 @@ class Sub:
         """Something changed for this reader (entries, a status, its end)."""
         self.ready = True
         waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
 
-    async def wait(self, loop: asyncio.AbstractEventLoop, timeout: float | None = None) -> bool:
-        """Until ``wake()`` was called (at once if it was since the last wait): True; False
-        when ``timeout`` seconds passed first."""
-        if not self.ready:
-            waiter = self.waiter = loop.create_future()
-            timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
-            try:
-                await waiter
-            finally:
-                self.waiter = None
-                if timer is not None:
-                    timer.cancel()
-            if not self.ready:
-                return False
-        self.ready = False
-        return True
+    def waiting(self, loop: asyncio.AbstractEventLoop,
+                timeout: float | None = None) -> asyncio.Future[None]:
+        """A future done at the next ``wake()``, or after ``timeout`` seconds (``ready`` then
+        still False). A plain future, not a coroutine: awaiting it adds no frame per wait."""
+        waiter = self.waiter = loop.create_future()
+        if timeout is not None:
+            self.timer = loop.call_later(timeout, _expire, waiter)
+        return waiter
+
+    def unwait(self) -> None:
+        """The reader left: its timer goes (a cancelled wait's future is cancelled already)."""
+        if self.timer is not None:
+            self.timer.cancel()
+        self.waiter = self.timer = None
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:

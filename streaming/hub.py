@@ -358,10 +358,13 @@ class HubReader:
                 sub = Sub(cursor, cursor.last_id)
                 shard.add(sub, self._check_in)
                 try:
-                    while not cursor.done and not sub.lagged:
-                        if not await sub.wait(loop, idle):
-                            yield None  # idle for ``idle`` seconds
-                            continue
+                    while cursor.terminal is None and not sub.lagged:
+                        if not sub.ready:
+                            await sub.waiting(loop, idle)  # a future: no coroutine per wait
+                            if not sub.ready:
+                                yield None  # idle for ``idle`` seconds
+                                continue
+                        sub.ready = False
                         for event in cursor.feed_parsed(self._taken(sub, shard)):
                             yield event
                         if sub.status is not None:
@@ -369,6 +372,7 @@ class HubReader:
                                 yield event
                 finally:
                     shard.remove(sub)
+                    sub.unwait()
                 async for event in self._catch_up():  # it fell behind: on its own again
                     yield event
         finally:

@@ -1,10 +1,11 @@
 """Property: many writers, many reconnecting readers; each reader sees each seq once, in order."""
 
 import asyncio
+import itertools
 import threading
 import uuid
 
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
@@ -92,3 +93,47 @@ def test_every_reader_sees_every_seq_exactly_once(plan, settings):
                 assert seqs == list(range(start + 1, count + 2))
     finally:
         writer.stop()
+
+
+def _entries(seqs: list[int], end: bool) -> list[tuple[str, dict[str, str]]]:
+    """Stream entries with these seq ids, in stream order (the last one the ending if
+    ``end``): ids ``0-<n>`` as our writers store them."""
+    entries = []
+    for n, seq in enumerate(seqs, start=1):
+        last = end and n == len(seqs)
+        frame = 'event: done\ndata: {"reason": "ok"}\n\n' if last else f"data: chunk {seq}\n\n"
+        fields = {"seq_id": str(seq), "data": frame, "timestamp": "0"}
+        if last:
+            fields["complete"] = "true"
+        entries.append((f"0-{n}", fields))
+    return entries
+
+
+@given(seqs=st.lists(st.integers(0, 12), max_size=12), end=st.booleans(),
+       after=st.integers(0, 4), cuts=st.lists(st.tuples(st.integers(0, 12), st.integers(0, 3)),
+                                              max_size=6))
+@example(seqs=[4], end=False, after=3, cuts=[])  # an entry before the cursor's position
+@hyp_settings(max_examples=300)
+def test_a_cursor_takes_single_entries_as_it_takes_any_batch(seqs, end, after, cuts):
+    """``RunCursor.feed_parsed`` has a path of its own for a batch of one entry: fed the same
+    entries in random batches, some of which start again at entries already taken (a re-read),
+    a cursor yields and ends up where one fed entry by entry through the general path does
+    (repeated and skipped seq ids, endings, old entries)."""
+    from streaming.cursor import RunCursor, parse_entries
+    from streaming.settings import Settings
+    from streaming.wire import RunKeys
+
+    settings = Settings(redis_url="redis://unused")
+    items = parse_entries(_entries(seqs, end))
+    batched, general = (RunCursor(RunKeys.for_run("prop"), after, settings) for _ in range(2))
+    backs = dict(cuts)
+    bounds = sorted({0, len(items), *(c for c in backs if c < len(items))})
+    got, want = [], []
+    for start, stop in itertools.pairwise(bounds):
+        batch = items[max(0, start - backs.get(start, 0)):stop]
+        for item in batch:
+            want += list(general._feed([item]))
+        got += list(batched.feed_parsed(batch))
+        state = lambda c: (c.after, c.last_id, c.last_key, c.terminal)  # noqa: E731
+        assert state(batched) == state(general)
+    assert got == want
