@@ -6,6 +6,7 @@ by its key's slot and follow the cluster's redirections (``MOVED``, ``ASK``) the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, TypeAlias
 
 import redis
@@ -22,8 +23,8 @@ from .errors import ConfigurationError
 from .packing import PackedConnection
 from .settings import CLUSTER_SCHEME, Settings
 
-__all__ = ["TRANSIENT", "AsyncClient", "SyncClient", "async_client", "round_trip", "server_url",
-           "sync_client"]
+__all__ = ["TRANSIENT", "AsyncClient", "SyncClient", "async_client", "read_replies", "round_trip",
+           "send_commands", "server_url", "sync_client"]
 
 #: A client of the stream store: one server, or a cluster.
 AsyncClient: TypeAlias = "aredis.Redis | acluster.RedisCluster"
@@ -90,15 +91,47 @@ def sync_client(settings: Settings, *, reader: bool = False, **overrides: object
     return redis.Redis.from_url(url, **options)
 
 
-async def round_trip(conn: aredis.Connection, commands: list[tuple[Any, ...]]) -> list[Any]:
+#: How many packed bytes ``round_trip`` gathers before it writes them: the server starts on the
+#: first commands of a long pipeline while the rest are still being packed.
+SEND_SLICE = 64 * 1024
+
+
+async def round_trip(conn: aredis.Connection, commands: Iterable[tuple[Any, ...]]) -> list[Any]:
     """The raw replies to ``commands``, sent together down ``conn``; an error reply is its
     exception. No redis-py command wrapper around them (a pool checkout, response callbacks,
     retries): for the hot paths that hold a connection of their own. A failure to send or
     read raises, and redis-py has then closed ``conn`` (its next command connects again), so
     no reply is left on it to be read as the next one's."""
-    await conn.send_packed_command(conn.pack_commands(commands))
+    return await read_replies(conn, await send_commands(conn, commands))
+
+
+async def send_commands(conn: aredis.Connection, commands: Iterable[tuple[Any, ...]], *,
+                        check_health: bool = True) -> int:
+    """Send ``commands`` down ``conn`` without reading their replies; returns how many.
+
+    ``commands`` may be a generator: each command is packed when it is reached, and the packed
+    bytes go out every ``SEND_SLICE`` bytes, so the server executes the first commands while
+    the next ones are built. ``check_health``: redis-py's idle check first (a ``PING`` after
+    ``health_check_interval``, whose reply it reads), which a caller with replies still to
+    read on ``conn`` must not run."""
+    count, size, pieces = 0, 0, []
+    for command in commands:
+        count += 1
+        for piece in conn.pack_command(*command):
+            pieces.append(piece)
+            size += len(piece)
+        if size >= SEND_SLICE:
+            await conn.send_packed_command(pieces, check_health=check_health)
+            check_health, size, pieces = False, 0, []
+    if pieces:
+        await conn.send_packed_command(pieces, check_health=check_health)
+    return count
+
+
+async def read_replies(conn: aredis.Connection, count: int) -> list[Any]:
+    """The next ``count`` replies on ``conn``, in order; an error reply is its exception."""
     replies: list[Any] = []
-    for _ in commands:
+    for _ in range(count):
         try:
             replies.append(await conn.read_response())
         except ResponseError as exc:

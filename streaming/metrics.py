@@ -28,6 +28,8 @@ from __future__ import annotations
 import contextlib
 import glob
 import importlib.util
+import itertools
+import operator
 import os
 import sys
 import time
@@ -248,11 +250,16 @@ def run_ended(kind: str) -> None:
         m.ended.labels(kind).inc()
 
 
-def flushed(seconds: float, chunks: int, nbytes: int) -> None:
+#: A stored chunk's frame (the writer's chunks are ``(index, frame, ms)``).
+_FRAME = operator.itemgetter(1)
+
+def flushed(seconds: float, stored: list[list[tuple[int, str, int]]]) -> None:
+    """A flush's round trip and what it stored: per run, its chunks ``(index, frame, ms)``."""
     if (m := _get()) is not None:
         m.flush.observe(seconds)
-        m.chunks.inc(chunks)
-        m.bytes.inc(nbytes)
+        m.chunks.inc(sum(map(len, stored)))
+        # One encode of them all: a call per frame cost the writer more than the flush's sending.
+        m.bytes.inc(len("".join(map(_FRAME, itertools.chain.from_iterable(stored))).encode()))
 
 
 def buffered(nbytes: int, waiting_since: float) -> None:

@@ -4,9 +4,9 @@ One ``StreamWriter`` per process (``shared_writer()``). Its flushes run on an as
 (uvloop's where it is installed) in a daemon thread it owns. A write appends to an in-memory
 buffer under a lock and, only when the loop is idle, wakes it: an idle writer sends a chunk at
 once, and while a flush is in flight the next chunks gather for the next pipeline (adaptive
-batching, no fixed linger). Each flush is one round trip of pipelined commands with one
-``APPEND`` script call per run (``streaming.scripts``), so Redis assigns contiguous sequence
-numbers, fences stale writers and drops replayed chunks.
+batching, no fixed linger). Each flush is a pipeline with one ``APPEND`` script call per run
+(``streaming.scripts``), so Redis assigns contiguous sequence numbers, fences stale writers
+and drops replayed chunks; two flushes are in flight at most (``_flush``).
 
 Redis outages are retried with backoff, holding at most ``max_buffer_bytes``; a write that finds
 the buffer full waits up to ``buffer_timeout``; past ``unavailable_timeout`` writers get
@@ -18,8 +18,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import heapq
+import itertools
 import json
 import logging
+import operator
 import os
 import sys
 import threading
@@ -36,7 +39,7 @@ from redis.exceptions import NoScriptError, OutOfMemoryError, ResponseError
 
 from . import metrics as _metrics
 from . import scripts
-from .client import TRANSIENT, AsyncClient, async_client, round_trip
+from .client import TRANSIENT, AsyncClient, async_client, read_replies, send_commands
 from .deltas import MERGE_LIMIT, Delta, weights_arg
 from .errors import (
     BufferFullError,
@@ -151,6 +154,8 @@ class StreamWriter:
         self._client: AsyncClient | None = None
         #: The connection of the flushes (single server), held for the client's life.
         self._conn: aredis.Connection | None = None
+        #: The flush sent last, its replies not read yet (``_flush``).
+        self._flight: _Flight | None = None
         self._done = threading.Event()
         # The producers' doorbell to the loop (see _wake): an eventfd, or a pipe elsewhere.
         self._wake_fd = -1
@@ -469,75 +474,81 @@ class StreamWriter:
         assert self._wakeup is not None
         refresh_every = self.settings.lease_ttl / 3
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), refresh_every)
+            if self._flight is None:  # else the flight's replies come (or fail) soon
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), refresh_every)
             self._wakeup.clear()
             batch = self._take_batch()
-            if batch:
-                await self._send(batch)
+            if batch or self._flight is not None:
+                await self._flush(batch)
                 continue
             if self._stopping:
                 return
             await self._refresh_quiet_runs(refresh_every)
 
-    def _take_batch(self) -> _Batch:
-        """Move pending chunks of dirty runs into one batch, within the pipeline bound; each
-        run's chunks with what they count against the buffer bound."""
-        batch: _Batch = []
-        room = self.settings.max_pipeline_bytes
-        now, held = time.monotonic(), None
-        with self._lock:
-            self._wake_pending = False
-            full = False
-            for run in list(self._dirty):
-                if room <= 0:
-                    full = True  # the runs left (open deltas too) go in the next pipeline
-                    break
-                held = _earliest(held, self._seal_due(run, now))
-                chunks: list[tuple[int, str, int]] = []
-                taken = 0
-                while run.pending and len(chunks) < self.settings.max_batch and room > taken:
-                    chunk = run.pending.popleft()
-                    taken += len(chunk[1])
-                    chunks.append(chunk)
-                room -= taken
-                last = not run.pending
-                if last and run.delta is None:
-                    del self._dirty[run]
-                if chunks:
-                    cost = taken + _CHUNK_OVERHEAD * len(chunks)
-                    batch.append((run, chunks, last and run.ending is not None, cost))
-            if full or any(run.pending for run in self._dirty):
-                self._wake_pending = True
-                self._wake_soon()
-        if held is not None and self._loop is not None:
-            self._loop.call_later(max(held - now, 0.0), self._wake_soon)
-        return batch
+    async def _flush(self, batch: _Batch) -> None:
+        """Send ``batch`` (if any), then settle the flush sent before it.
 
-    def _seal_due(self, run: _Run, now: float) -> float | None:
-        """Seal the run's open delta unless it lingers (``delta_linger``): then its due time."""
-        if run.delta is None:
-            return None
-        due = run.delta.due(self.settings.delta_linger)
-        if due > now and not self._stopping:
-            return due
-        self._seal(run)
-        return None
-
-    async def _send(self, batch: _Batch) -> None:
-        started = time.perf_counter()
+        Two flushes are in flight at most: the server executes the next one's commands while
+        this thread reads and settles the last one's replies and takes the next batch, instead
+        of waiting for them. The replies of one connection come in order, and ``APPEND``
+        refuses chunks after a gap (``ORDER``), so a later flush never stores a run's chunks
+        past ones an earlier flush must send again (``_settle``).
+        """
+        flight, following = self._flight, None
         try:
-            commands = [("EVALSHA", _APPEND_SHA, 3, *self._append_args(run, chunks, ends))
-                        for run, chunks, ends, _ in batch]
-            if self.settings.doorbell and not self.settings.cluster:
-                # One message per flush for every hub (streaming.doorbell), after the writes
-                # it announces; a cluster's runs ring their shard channels instead.
-                commands.append(("SPUBLISH", DOORBELL,
-                                 " ".join(run.keys.stream for run, *_ in batch)))
-            replies = (await self._round_trip(commands))[:len(batch)]
+            if batch:
+                following = await self._dispatch(batch)
+            if flight is not None:
+                replies = await flight.replies()
         except _TRANSIENT as exc:
-            await self._requeue(batch, exc)
+            # The connection failed (redis-py closes it): no flush's replies can be read, and
+            # none may be left on it for the next flush to take as its own.
+            lost = [*(flight.batch if flight is not None else ()), *batch]
+            self._flight = None
+            if self._conn is not None:
+                await self._conn.disconnect()
+            await self._requeue(lost, exc)
             return
+        self._flight = following
+        if flight is not None:
+            await self._complete(flight.batch, replies, flight.started)
+
+    async def _dispatch(self, batch: _Batch) -> _Flight:
+        """Send one flush: an ``APPEND`` call per run, and the doorbell (single server)."""
+        started = time.perf_counter()
+        # Built as they are sent (client.send_commands): the server runs the first runs'
+        # scripts while the next are packed.
+        commands: Iterable[tuple[Any, ...]] = (
+            ("EVALSHA", _APPEND_SHA, 3, *self._append_args(run, chunks, ends))
+            for run, chunks, ends, _ in batch)
+        client = self._get_client()
+        if not isinstance(client, aredis.Redis):
+            # A cluster client's pipeline routes the commands by slot (their runs ring their
+            # shard channels) and reads every node's replies before it returns.
+            async with client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    # execute_command: redis-py's cluster pipeline has no evalsha() method,
+                    # yet routes the command by its keys' slot.
+                    pipe.execute_command(*command)
+                return _Flight(batch, started, await pipe.execute(raise_on_error=False))
+        if self.settings.doorbell:
+            # One message per flush for every hub (streaming.doorbell), after the writes it
+            # announces.
+            commands = itertools.chain(commands, [(
+                "SPUBLISH", DOORBELL, " ".join(run.keys.stream for run, *_ in batch))])
+        # Straight down the writer's own connection, replies read off it later: redis-py's
+        # pipeline around that (a pool checkout, a shield, response callbacks, retries the
+        # writer does itself) cost the flush of one chunk more than the sending.
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        # redis-py's idle check (a PING and its reply) only when no flight's replies come first.
+        sent = await send_commands(conn, commands, check_health=self._flight is None)
+        return _Flight(batch, started, conn=conn, sent=sent)
+
+    async def _complete(self, batch: _Batch, replies: list[Any], started: float) -> None:
+        """Settle a flush from its replies (one per run, in the batch's order)."""
         self._stats.flushes += 1
         if any(isinstance(reply, NoScriptError) for reply in replies):
             await self._load_scripts()
@@ -553,33 +564,80 @@ class StreamWriter:
         if ended:
             await self._unindex(ended)
 
-    async def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """The replies to ``commands``, sent together; an error reply is its exception.
+    def _take_batch(self) -> _Batch:
+        """Move pending chunks of dirty runs into one batch, within the pipeline bound; each
+        run's chunks with what they count against the buffer bound."""
+        batch: _Batch = []
+        room = self.settings.max_pipeline_bytes
+        now, held = time.monotonic(), None
+        with self._lock:
+            self._wake_pending = False
+            full = False
+            for run in list(self._dirty):
+                if room <= 0:
+                    full = True  # the runs left (open deltas too) go in the next pipeline
+                    break
+                held = _earliest(held, self._seal_due(run, now))
+                chunks, taken = self._take_chunks(run, room)
+                room -= taken
+                last = not run.pending
+                if last and run.delta is None:
+                    del self._dirty[run]
+                if chunks:
+                    cost = taken + _CHUNK_OVERHEAD * len(chunks)
+                    # The ending is the last chunk accepted: it may be in a later flush's batch
+                    # when these were sent again, with nothing pending behind them.
+                    ends = run.ending is not None and chunks[-1][0] == run.accepted
+                    batch.append((run, chunks, ends, cost))
+            if full or any(run.pending for run in self._dirty):
+                self._wake_pending = True
+                self._wake_soon()
+        if held is not None and self._loop is not None:
+            self._loop.call_later(max(held - now, 0.0), self._wake_soon)
+        return batch
 
-        On a single server the commands go straight down the writer's own connection and
-        their replies are read off it (``client.round_trip``): redis-py's pipeline around that
-        (a pool checkout, a shield, response callbacks, retries the writer does itself) cost
-        the flush of one chunk more than the sending. A cluster client's pipeline routes the
-        commands by slot.
+    def _take_chunks(self, run: _Run, room: int) -> tuple[list[tuple[int, str, int]], int]:
+        """The run's next pending chunks, at most ``max_batch``, up to the first past ``room``
+        characters, and before any gap in their indices (lock held); with their characters.
+
+        ``APPEND`` numbers a call's chunks on from its first: a gap is a flush's chunks that
+        must go again (``_requeue``) while a later flush still carries the ones after them,
+        which come back too (``ORDER``) and fill it.
         """
-        client = self._get_client()
-        if not isinstance(client, aredis.Redis):
-            async with client.pipeline(transaction=False) as pipe:
-                for command in commands:
-                    # execute_command: redis-py's cluster pipeline has no evalsha() method,
-                    # yet routes the command by its keys' slot.
-                    pipe.execute_command(*command)
-                return await pipe.execute(raise_on_error=False)
-        conn = self._conn
-        if conn is None:
-            conn = self._conn = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-        return await round_trip(conn, commands)
+        pending = run.pending
+        if not pending:  # an open text delta only
+            return [], 0
+        if (len(pending) <= self.settings.max_batch
+                and pending[-1][0] - pending[0][0] == len(pending) - 1):
+            # All of them, the usual case, moved at once.
+            taken = sum(map(len, map(_FRAME, pending)))
+            if taken <= room:
+                chunks = list(pending)
+                pending.clear()
+                return chunks, taken
+        chunks = [pending.popleft()]
+        taken = len(chunks[0][1])
+        while (pending and len(chunks) < self.settings.max_batch and room > taken
+               and pending[0][0] == chunks[-1][0] + 1):
+            chunk = pending.popleft()
+            taken += len(chunk[1])
+            chunks.append(chunk)
+        return chunks, taken
+
+    def _seal_due(self, run: _Run, now: float) -> float | None:
+        """Seal the run's open delta unless it lingers (``delta_linger``): then its due time."""
+        if run.delta is None:
+            return None
+        due = run.delta.due(self.settings.delta_linger)
+        if due > now and not self._stopping:
+            return due
+        self._seal(run)
+        return None
 
     def _observe_flush(self, seconds: float, batch: _Batch, retry: list[Any]) -> None:
         again = {id(item) for item, _ in retry}
-        stored = [frame for item in batch if id(item) not in again and item[0].error is None
-                  for _, frame, _ in item[1]]
-        _metrics.flushed(seconds, len(stored), sum(len(f.encode()) for f in stored))
+        stored = [item[1] for item in batch if id(item) not in again and item[0].error is None]
+        _metrics.flushed(seconds, stored)
         with self._lock:
             # Progress was made: what still waits has waited only since now.
             self._waiting_since = time.time() if self._buffered else 0.0
@@ -589,12 +647,14 @@ class StreamWriter:
         keys = run.keys
         ending = run.ending.value if ends and run.ending else ""
         notify = keys.notify if self.settings.cluster else ""
-        with self._lock:
-            weights = weights_arg((index for index, _, _ in chunks), run.weights)
+        weights = ""
+        if run.weights:  # merged text deltas wait for their ack (streaming.deltas)
+            with self._lock:
+                weights = weights_arg((index for index, _, _ in chunks), run.weights)
         return [keys.stream, keys.meta, keys.lease, run.token, self._lease_ms(), self._ttl(),
                 self.settings.retention, self.settings.max_stream_length, chunks[0][0], ending,
                 chunks[-1][2], notify, run.output_from, weights, self.settings.max_stream_bytes,
-                *(frame for _, frame, _ in chunks)]
+                *map(_FRAME, chunks)]
 
     def _settle(self, run: _Run, chunks: list[tuple[int, str, int]], reply: Any,
                 cost: int = 0) -> bool:
@@ -604,8 +664,15 @@ class StreamWriter:
         if isinstance(reply, (NoScriptError, OutOfMemoryError, *_TRANSIENT)):
             return False
         with self._lock:
+            if (isinstance(reply, ResponseError) and str(reply).startswith("ORDER")
+                    and run.acked < chunks[0][0] - 1):
+                # The chunks before these are not stored yet, as this writer knows: a flush
+                # sent before this one is sending them again. These follow them.
+                return False
             if isinstance(reply, Exception):
-                run.error = _refusal(run, reply)
+                if run.error is None:  # the first refusal says why (a later flush's follows)
+                    run.error = _refusal(run, reply)
+                    logger.error("%s", run.error, extra=run_extra(run.keys.run_id, run.attempt))
                 dropped = _size(run.pending) + cost
                 if run.delta is not None:
                     dropped += run.delta.size + _CHUNK_OVERHEAD
@@ -613,7 +680,6 @@ class StreamWriter:
                 run.pending.clear()
                 self._dirty.pop(run, None)
                 self._buffered -= dropped
-                logger.error("%s", run.error, extra=run_extra(run.keys.run_id, run.attempt))
             else:
                 run.seq, run.acked, run.cancel_requested = int(reply[0]), int(reply[1]), reply[2]
                 for index in [i for i in run.weights if i <= run.acked]:
@@ -625,11 +691,13 @@ class StreamWriter:
         return True
 
     async def _requeue(self, batch: _Batch, exc: BaseException) -> None:
-        """Put a failed batch back in front of the pending chunks and back off."""
+        """Put a failed batch back among the pending chunks, in index order, and back off."""
         with self._lock:
             for run, chunks, _, cost in batch:
                 if run.error is None:
-                    run.pending.extendleft(reversed(chunks))
+                    # In index order among the chunks waiting: with two flushes in flight,
+                    # a run's later chunks may be back before its earlier ones.
+                    run.pending = deque(heapq.merge(chunks, run.pending, key=_INDEX))
                     self._dirty[run] = None
                 else:
                     self._buffered -= cost
@@ -687,12 +755,16 @@ class StreamWriter:
     async def _close_client(self) -> None:
         """Close the client, the flushes' connection given back to its pool first (a pool the
         client does not own, from ``client_factory``, outlives it). No reply is left on that
-        connection: redis-py closes one whose command failed (``client.round_trip``)."""
+        connection: redis-py closes one whose command failed (``client.send_commands``), and
+        a flight cancelled at stop has its connection closed here."""
         client, self._client = self._client, None
         conn, self._conn = self._conn, None
         if client is None:
             return
         if conn is not None and isinstance(client, aredis.Redis):
+            if self._flight is not None:  # its replies are still on it (cancelled at stop)
+                self._flight = None
+                await conn.disconnect()
             await client.connection_pool.release(conn)
         with contextlib.suppress(*_TRANSIENT):
             await client.aclose()
@@ -952,6 +1024,8 @@ _CHUNK_OVERHEAD = 256
 
 #: What ``_wake`` writes: a count of 1 for an eventfd, 8 bytes for a pipe.
 _ONE = (1).to_bytes(8, sys.byteorder)
+#: A pending chunk's local index, and its frame.
+_INDEX, _FRAME = operator.itemgetter(0), operator.itemgetter(1)
 
 
 def _close_fds(fds: set[int]) -> None:
@@ -976,6 +1050,23 @@ def _earliest(a: float | None, b: float | None) -> float | None:
 
 #: One flush: per run, its chunks, whether they end it, and what they count against the bound.
 _Batch = list[tuple["_Run", list[tuple[int, str, int]], bool, int]]
+
+
+@dataclass
+class _Flight:
+    """A flush sent: its batch, when it was sent, and where its replies are (one per run)."""
+
+    batch: _Batch
+    started: float
+    answers: list[Any] | None = None  # read already (a cluster's pipeline)
+    conn: aredis.Connection | None = None  # or still to be read off this connection
+    sent: int = 0  # commands sent on it (the runs', and the doorbell's)
+
+    async def replies(self) -> list[Any]:
+        if self.answers is None:
+            assert self.conn is not None
+            self.answers = await read_replies(self.conn, self.sent)
+        return self.answers[:len(self.batch)]
 
 
 def _cost(frame: str) -> int:

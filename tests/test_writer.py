@@ -10,6 +10,8 @@ import threading
 import time
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 
 from streaming import (
     BufferFullError,
@@ -24,6 +26,7 @@ from streaming import (
     read_events,
     shared_writer,
 )
+from streaming import writer as writer_module
 from streaming.client import sync_client
 from tests.proxy import Proxy, port_of
 
@@ -223,6 +226,108 @@ def test_replies_lost_after_the_write_add_nothing_twice(settings, redis_client, 
     assert seqs == list(range(1, 102))
     datas = [f["data"] for _, f in stored(redis_client, run_id)][:-1]
     assert datas == [f"data: {r}-{i}\n\n" for r in range(5) for i in range(20)]
+
+
+def _flushes(monkeypatch, *hooks):
+    """Hook the writer's sending: the n-th hook takes the n-th flush's commands before they
+    are sent and returns the commands to send; later flushes go as they are."""
+    real_send = writer_module.send_commands
+    count = 0
+
+    async def send_commands(conn, commands, **options):
+        nonlocal count
+        count += 1
+        commands = list(commands)
+        if count <= len(hooks):
+            commands = hooks[count - 1](commands)
+        return await real_send(conn, commands, **options)
+
+    monkeypatch.setattr(writer_module, "send_commands", send_commands)
+
+
+def _unknown_script_then(run, text, *, ending=False):
+    """A hook: the flush's scripts are unknown to the server (nothing stored, NOSCRIPT), and
+    ``text`` is sent to ``run`` in the meantime, to go in the next flush, with the run's
+    ending if ``ending`` (``finish()`` in a thread of its own, ``hook.finisher``: then
+    ``hook.finished`` has its result). Its ``sent`` event is set then."""
+    def hook(commands):
+        run.send(text)  # waiting when the loop takes its next batch, right after this one
+        if ending:
+            hook.finisher = threading.Thread(target=lambda: hook.finished.append(run.finish(
+                timeout=10)))
+            hook.finisher.start()
+            while run.ended is None:
+                time.sleep(0.001)
+        hook.sent.set()
+        return [("EVALSHA", "0" * 40, *command[2:]) if command[0] == "EVALSHA" else command
+                for command in commands]
+
+    hook.sent = threading.Event()
+    hook.finished = []
+    return hook
+
+
+@pytest.mark.parametrize("behind", ["nothing", "the ending", "a third chunk"])
+def test_a_flush_behind_one_that_is_sent_again_follows_it(writer, redis_client, run_id,
+                                                          monkeypatch, behind):
+    """The first flush's chunk is not stored, and the next flush, sent before the first
+    one's reply is read, carries the run's next chunk: the server refuses it (``ORDER``), and
+    both go again, in order, once each. Behind them wait the run's ending (in the second
+    flush: the first chunk goes again alone, not as the run's end), a third chunk (accepted
+    while the second flush is sent: it waits until the second chunk is back before it), or
+    nothing."""
+    run = writer.open(run_id)
+    refused = []
+    real_read = writer_module.read_replies
+
+    async def read_replies(conn, count):
+        replies = await real_read(conn, count)
+        refused.extend(r for r in replies if isinstance(r, Exception))
+        return replies
+
+    first = _unknown_script_then(run, "second", ending=behind == "the ending")
+    texts, hooks, sent = ["first", "second"], [first], first.sent
+    if behind == "a third chunk":
+        sent = threading.Event()
+
+        def third(commands):
+            run.send("third")
+            sent.set()
+            return commands
+
+        texts.append("third")
+        hooks.append(third)
+    _flushes(monkeypatch, *hooks)
+    monkeypatch.setattr(writer_module, "read_replies", read_replies)
+    run.send("first")
+    assert sent.wait(5)
+    assert run.finish(timeout=10) == len(texts) + 1
+    if behind == "the ending":
+        first.finisher.join(10)
+        assert first.finished == [3]
+    assert [f["data"] for _, f in stored(redis_client, run_id)] == [
+        *(f"data: {text}\n\n" for text in texts), "data: [DONE]\n\n"]
+    assert [type(error) for error in refused][:2] == [NoScriptError, ResponseError]
+    assert str(refused[1]).startswith("ORDER chunks 1..1 never arrived")
+
+
+def test_a_connection_lost_with_two_flushes_in_flight_loses_and_repeats_nothing(
+        writer, redis_client, run_id, monkeypatch):
+    """The connection fails while the second flush is being sent, the first one's reply
+    unread (and its chunk not stored): both flushes' chunks go again, in their order."""
+    run = writer.open(run_id)
+
+    def cut(commands):
+        raise RedisConnectionError("cut while sending")
+
+    first = _unknown_script_then(run, "second")
+    _flushes(monkeypatch, first, cut)
+    run.send("first")
+    assert first.sent.wait(5)
+    assert run.finish(timeout=10) == 3
+    assert [f["data"] for _, f in stored(redis_client, run_id)] == [
+        "data: first\n\n", "data: second\n\n", "data: [DONE]\n\n"]
+    assert writer.stats().retries == 1
 
 
 def test_outage_is_bounded_and_nothing_accepted_is_lost(settings, redis_client, redis_url, run_id):
