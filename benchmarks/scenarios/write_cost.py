@@ -8,7 +8,13 @@ throughput scenario's load), with ``time.perf_counter_ns()`` around each call.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import selectors
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from streaming.settings import Settings
@@ -38,7 +44,7 @@ def run(ctx: Context) -> Result:
                               _us(sides["seed"], q) if sides["seed"] else ctx.seed_missing,
                               target=Target(limit=5.0) if q == 50 else None))
     # What any call costs in the same place: the producer wakes from a sleep before each one,
-    # in cold caches, on this machine.
+    # in cold caches, on this machine. The last two: what waking a sleeping thread adds.
     with Child(floor_producer, paced["runs"], paced["rate"], paced["seconds"],
                name="write-cost-floor") as child:
         floors = child.channel.expect("result", 300)
@@ -60,13 +66,47 @@ def _paced(ctx: Context, runs: int, rate: int, seconds: float) -> dict[str, Any]
 
 
 def floor_producer(channel: Channel, runs: int, rate: float, seconds: float) -> None:
-    """The paced load's costs with ``send()`` replaced by a no-op, then by the SSE framing
-    every ``send()`` does first."""
-    channel.send("result", {
+    """The paced load's costs with ``send()`` replaced by a no-op, by the SSE framing every
+    ``send()`` does first, and (where there is ``eventfd``) by the write an idle writer's
+    ``send()`` wakes its flush thread with: to a descriptor no thread waits on, then to one a
+    thread sleeps on in ``epoll`` (the flush thread's case)."""
+    floors = {
         "a no-op": paced(runs, rate, seconds, lambda i, data: None),
         "the SSE framing (encode_frame)": paced(
             runs, rate, seconds, lambda i, data: encode_frame(data, limit=1 << 20)),
-    })
+    }
+    if hasattr(os, "eventfd"):
+        one = (1).to_bytes(8, sys.byteorder)
+        fd = os.eventfd(0, os.EFD_NONBLOCK)
+        floors["an eventfd write (no thread waiting)"] = paced(
+            runs, rate, seconds, lambda i, data: os.write(fd, one))
+        with _sleeper(fd):
+            floors["an eventfd write that wakes a thread asleep in epoll"] = paced(
+                runs, rate, seconds, lambda i, data: os.write(fd, one))
+        os.close(fd)
+    channel.send("result", floors)
+
+
+@contextlib.contextmanager
+def _sleeper(fd: int) -> Iterator[None]:
+    """A thread that sleeps in ``epoll`` until ``fd`` is readable, reads it, and sleeps again."""
+    stop = threading.Event()
+
+    def sleep() -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while not stop.is_set():
+                if selector.select(0.1):
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(fd, 8)
+
+    thread = threading.Thread(target=sleep, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _alone(producer: Child) -> dict[str, Any]:
