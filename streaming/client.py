@@ -91,7 +91,7 @@ def sync_client(settings: Settings, *, reader: bool = False, **overrides: object
     return redis.Redis.from_url(url, **options)
 
 
-#: How many packed bytes ``round_trip`` gathers before it writes them: the server starts on the
+#: How many packed bytes ``send_commands`` gathers before it writes them: the server starts on the
 #: first commands of a long pipeline while the rest are still being packed.
 SEND_SLICE = 64 * 1024
 

@@ -253,6 +253,7 @@ def run_ended(kind: str) -> None:
 #: A stored chunk's frame (the writer's chunks are ``(index, frame, ms)``).
 _FRAME = operator.itemgetter(1)
 
+
 def flushed(seconds: float, stored: list[list[tuple[int, str, int]]]) -> None:
     """A flush's round trip and what it stored: per run, its chunks ``(index, frame, ms)``."""
     if (m := _get()) is not None:
