@@ -157,6 +157,7 @@ class StreamWriter:
         #: The flush sent last, its replies not read yet (``_flush``).
         self._flight: _Flight | None = None
         self._done = threading.Event()
+        self._failure: WriterError | None = None  # why the flush loop died (_fail)
         # The producers' doorbell to the loop (see _wake): an eventfd, or a pipe elsewhere.
         self._wake_fd = -1
         self._wake_read = -1
@@ -202,7 +203,7 @@ class StreamWriter:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and not self._done.is_set()
+        return self._thread is not None and not self._done.is_set() and self._failure is None
 
     def stats(self) -> WriterStats:
         with self._lock:
@@ -463,12 +464,28 @@ class StreamWriter:
             loop.run_until_complete(self._flush_loop())
         except asyncio.CancelledError:
             pass
+        except Exception as exc:  # boundary: a bug in the loop fails the runs, never hangs them
+            logger.exception("writer loop failed; its runs fail")
+            self._fail(WriterError(f"the writer's flush loop failed: {type(exc).__name__}: {exc}"))
         finally:
             loop.run_until_complete(self._close_client())
             loop.close()
             self._done.set()
             with self._lock:
                 self._cond.notify_all()
+
+    def _fail(self, error: WriterError) -> None:
+        """Refuse every write from now on: each run's next call raises ``error`` (a caller
+        waiting for its chunks to be stored, at once), and so does ``open()``. The writer is
+        no longer ``running``: ``shared_writer()`` makes another. These runs' leases lapse,
+        and readers see them end as lost."""
+        with self._lock:
+            self._closed = True
+            self._failure = error
+            for run in self._runs.values():
+                if run.error is None:
+                    run.error = error
+            self._cond.notify_all()
 
     async def _flush_loop(self) -> None:
         assert self._wakeup is not None
@@ -871,6 +888,9 @@ class StreamWriter:
     def _call(self, coro: Coroutine[Any, Any, T], deadline: float) -> T:
         """Run ``coro`` on the writer loop and wait for it until ``deadline``."""
         self._check_process()
+        if self._failure is not None:
+            coro.close()
+            raise self._failure
         if self._loop is None or self._done.is_set():
             coro.close()
             raise WriterStateError("writer is not running: start() it first")

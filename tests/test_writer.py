@@ -22,6 +22,7 @@ from streaming import (
     StoreUnavailableError,
     StreamWriter,
     Terminal,
+    WriterError,
     WriterStateError,
     read_events,
     shared_writer,
@@ -311,6 +312,7 @@ def test_a_flush_behind_one_that_is_sent_again_follows_it(writer, redis_client, 
     assert str(refused[1]).startswith("ORDER chunks 1..1 never arrived")
 
 
+@pytest.mark.fault
 def test_a_connection_lost_with_two_flushes_in_flight_loses_and_repeats_nothing(
         writer, redis_client, run_id, monkeypatch):
     """The connection fails while the second flush is being sent, the first one's reply
@@ -328,6 +330,36 @@ def test_a_connection_lost_with_two_flushes_in_flight_loses_and_repeats_nothing(
     assert [f["data"] for _, f in stored(redis_client, run_id)] == [
         "data: first\n\n", "data: second\n\n", "data: [DONE]\n\n"]
     assert writer.stats().retries == 1
+
+
+@pytest.mark.fault
+def test_a_flush_loop_that_fails_fails_its_runs_at_once(settings, run_id, monkeypatch):
+    """A bug in the flush loop (not a Redis error) ends the writer: a caller waiting for its
+    chunks, and every later write, get an error that says so instead of waiting out their
+    timeouts, and the writer says it is not running (``shared_writer()`` then makes another)."""
+    def bug(self):
+        raise RuntimeError("a bug")
+
+    writer = StreamWriter(settings).start()
+    try:
+        run = writer.open(run_id)
+        monkeypatch.setattr(StreamWriter, "_take_batch", bug)
+        run.send("lost with the loop")
+        started = time.monotonic()
+        with pytest.raises(WriterError, match="flush loop failed: RuntimeError: a bug"):
+            run.flush(timeout=30)
+        assert time.monotonic() - started < 5
+        with pytest.raises(WriterError, match="flush loop failed"):
+            run.send("after")
+        with pytest.raises(WriterError, match="flush loop failed"):
+            writer.open(f"{run_id}-next")
+        assert not writer.running
+        monkeypatch.setattr(writer_module, "_shared", (os.getpid(), writer))
+        another = shared_writer(settings)
+        assert another is not writer and another.running
+        another.stop(timeout=5)
+    finally:
+        writer.stop(timeout=5)
 
 
 def test_outage_is_bounded_and_nothing_accepted_is_lost(settings, redis_client, redis_url, run_id):
