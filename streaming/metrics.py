@@ -28,12 +28,10 @@ from __future__ import annotations
 import contextlib
 import glob
 import importlib.util
-import itertools
-import operator
 import os
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
@@ -250,17 +248,13 @@ def run_ended(kind: str) -> None:
         m.ended.labels(kind).inc()
 
 
-#: A stored chunk's frame (the writer's chunks are ``(index, frame, ms)``).
-_FRAME = operator.itemgetter(1)
-
-
-def flushed(seconds: float, stored: list[list[tuple[int, str, int]]]) -> None:
-    """A flush's round trip and what it stored: per run, its chunks ``(index, frame, ms)``."""
+def flushed(seconds: float, chunks: int, frames: Iterable[str]) -> None:
+    """A flush's round trip and what it stored: ``chunks`` chunks, their ``frames``."""
     if (m := _get()) is not None:
         m.flush.observe(seconds)
-        m.chunks.inc(sum(map(len, stored)))
+        m.chunks.inc(chunks)
         # One encode of them all: a call per frame cost the writer more than the flush's sending.
-        m.bytes.inc(len("".join(map(_FRAME, itertools.chain.from_iterable(stored))).encode()))
+        m.bytes.inc(len("".join(frames).encode()))
 
 
 def buffered(nbytes: int, waiting_since: float) -> None:

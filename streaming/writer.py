@@ -654,7 +654,8 @@ class StreamWriter:
     def _observe_flush(self, seconds: float, batch: _Batch, retry: list[Any]) -> None:
         again = {id(item) for item, _ in retry}
         stored = [item[1] for item in batch if id(item) not in again and item[0].error is None]
-        _metrics.flushed(seconds, stored)
+        _metrics.flushed(seconds, sum(map(len, stored)),
+                         map(_FRAME, itertools.chain.from_iterable(stored)))
         with self._lock:
             # Progress was made: what still waits has waited only since now.
             self._waiting_since = time.time() if self._buffered else 0.0
