@@ -11,6 +11,10 @@ Prefork: each child starts its writer in ``worker_process_init`` (which Celery g
 success only after its chunks are stored. Solo and threads pools run tasks in the main
 process: the bootstep starts the writer there, and ``worker_shutdown`` stops it after the
 pool has finished its tasks.
+
+The bootstep also gives the worker ``.consumer.Consumer`` (Celery's, without Celery 5.7's second
+close of a lost Redis broker connection, which stops the worker), unless the app names a
+consumer other than Celery's (``worker_consumer``).
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ import logging
 from typing import Any
 
 from celery import bootsteps, signals
+from celery.utils.imports import symbol_by_name
+from celery.worker.consumer import Consumer as CeleryConsumer
 
 from ..errors import StreamingError
 from . import endings
 from .app import Streaming, streaming_of
+from .consumer import Consumer
 
 __all__ = ["WorkerStep"]
 
@@ -43,6 +50,9 @@ class WorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self.streaming = streaming_of(worker.app)
         self.prefork = _is_prefork(worker)
         _connect(self.streaming, worker)
+        # Every step is made before any creates its part, the consumer included.
+        if symbol_by_name(worker.consumer_cls) is CeleryConsumer:
+            worker.consumer_cls = Consumer
 
     def start(self, worker: Any) -> None:
         if not self.prefork:  # solo and threads pools run tasks in this process

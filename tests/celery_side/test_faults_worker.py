@@ -14,14 +14,17 @@ import time
 import uuid
 
 import pytest
+import redis
 from kombu import Connection
 from worker_helpers import read_run, restarts, shown_text, texts
 from worker_procs import WorkerProcess
 
 from streaming.client import sync_client
+from streaming.embedded import EmbeddedServer
 from streaming.reader import read_events
 from streaming.wire import Terminal
 from tests.proxy import Proxy, port_of
+from tests.waiting import wait_for, within
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 TEXT = "Every chunk arrives once, in order, whatever happens to the worker. " * 2
@@ -116,6 +119,37 @@ def test_a_store_restarted_empty_mid_run_fails_the_task_and_ends_readers(
     assert sync_client(worker.config.streaming).exists(f"sse:run:{run_id}") == 0
     again = worker.runs.start("demo", {"text": "after the restart"})
     assert texts(read_run(worker.reader, again, worker.config.streaming)) == "after the restart"
+
+
+# -- case 22: the broker restarts while a run streams -----------------------------------------
+
+
+def test_a_broker_restarted_mid_run_keeps_the_worker_consuming(tmp_path, worker_factory):
+    """Store, broker and result backend are one server, killed mid-run and started again with
+    its data (AOF). The run goes on to its end and its message is acknowledged, and the worker
+    reconnects and takes the next run. Celery 5.7 alone shut the worker down here
+    (``streaming.celery.consumer``)."""
+    server = EmbeddedServer(extra_args=["--appendonly", "yes", "--appendfsync", "always",
+                                        "--dir", str(tmp_path)]).start()
+    try:
+        worker = worker_factory(server.url)
+        run_id = worker.runs.start("demo", {"text": TEXT, "chunk_size": 2, "rate": 20})
+        worker.wait_progress(run_id, chunks=3)
+        server.kill()
+        time.sleep(1)
+        server.start()
+        events = read_run(worker.reader, run_id, worker.config.streaming)
+        assert events[-1].terminal is Terminal.DONE, events[-1]
+        assert shown_text(events) == TEXT
+        broker = redis.Redis.from_url(server.url)
+        wait_for(lambda: broker.hlen("unacked") == 0, 10, "the run's message acknowledged")
+        broker.close()
+        assert "Unrecoverable error" not in worker.output()
+        again = worker.runs.start("demo", {"text": "after the restart"})
+        events = within(20, lambda: read_run(worker.reader, again, worker.config.streaming))
+        assert texts(events) == "after the restart"
+    finally:
+        server.stop()
 
 
 # -- case 8: children replaced after every task ------------------------------------------------

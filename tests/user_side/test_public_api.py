@@ -102,6 +102,25 @@ def test_install_changes_no_setting_and_is_idempotent():
     assert sorted(step.__name__ for step in app.steps["worker"]) == ["SweepStep", "WorkerStep"]
 
 
+@pytest.mark.parametrize("own", [None, "a subclass"])
+def test_the_worker_gets_the_safe_consumer_unless_the_app_names_its_own(own):
+    """``streaming.celery.consumer`` (a broker restart must not stop the worker; the fault is
+    in tests/celery_side/test_faults_worker.py): the bootstep swaps Celery's consumer only."""
+    from streaming.celery.consumer import Consumer
+
+    class Mine(Consumer):
+        pass
+
+    other = Celery("consumers", broker="memory://", set_as_current=False)
+    if own:
+        other.conf.worker_consumer = Mine
+    streaming.celery.install(other)
+    worker = other.WorkController(pool_cls="solo", hostname=f"consumers-{uuid.uuid4().hex}@test",
+                                  without_heartbeat=True, without_mingle=True,
+                                  without_gossip=True)
+    assert type(worker.consumer) is (Mine if own else Consumer)
+
+
 def test_a_task_of_an_app_without_install_says_what_to_do():
     other = Celery("bare", broker="memory://", set_as_current=False)
 
