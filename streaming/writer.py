@@ -147,6 +147,10 @@ class StreamWriter:
         self._closed = True  # writes refused: not started yet, or stopping
         self._outage_since: float | None = None
         self._outage_reason = ""
+        #: Flushes failed in a row since the server last took one: what the retries back off by.
+        self._failures = 0
+        #: The server answered NOSCRIPT: the next flush loads the scripts first (``_flush``).
+        self._scripts_unknown = False
         self._stats = WriterStats()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
@@ -515,6 +519,9 @@ class StreamWriter:
         flight, following = self._flight, None
         try:
             if batch:
+                if self._scripts_unknown:  # here, where a failure is retried like the flush
+                    await self._load_scripts()
+                    self._scripts_unknown = False
                 following = await self._dispatch(batch)
             if flight is not None:
                 replies = await flight.replies()
@@ -568,7 +575,9 @@ class StreamWriter:
         """Settle a flush from its replies (one per run, in the batch's order)."""
         self._stats.flushes += 1
         if any(isinstance(reply, NoScriptError) for reply in replies):
-            await self._load_scripts()
+            self._scripts_unknown = True
+        if not any(isinstance(reply, (OutOfMemoryError, *_TRANSIENT)) for reply in replies):
+            self._failures = 0  # the server is back and takes writes (a cluster: every node)
         retry = [(item, reply) for item, reply in zip(batch, replies, strict=True)
                  if not self._settle(item[0], item[1], reply, item[3])]
         self._observe_flush(time.perf_counter() - started, batch, retry)
@@ -709,7 +718,12 @@ class StreamWriter:
         return True
 
     async def _requeue(self, batch: _Batch, exc: BaseException) -> None:
-        """Put a failed batch back among the pending chunks, in index order, and back off."""
+        """Put a failed batch back among the pending chunks, in index order, and back off.
+
+        The wait doubles with each failure since the server last answered and took writes, up
+        to ``_BACKOFF_MAX``: a server back from an outage without its scripts (``NOSCRIPT``)
+        costs one short wait, not the longest one of the outage, which in the soak ran into
+        the next outage and let a live writer's lease lapse."""
         with self._lock:
             for run, chunks, _, cost in batch:
                 if run.error is None:
@@ -724,12 +738,13 @@ class StreamWriter:
                 _metrics.outage()
             self._outage_reason = f"{type(exc).__name__}: {exc}"
             self._stats.retries += 1
+            self._failures += 1
             self._cond.notify_all()
             down = time.monotonic() - self._outage_since
         if isinstance(exc, _TRANSIENT):
             logger.warning("flush failed (%s), retrying; Redis down for %.1f s", exc, down)
             await self._reset_client()
-        await asyncio.sleep(min(_BACKOFF_MIN * 2 ** min(self._stats.retries, 6), _BACKOFF_MAX))
+        await asyncio.sleep(min(_BACKOFF_MIN * 2 ** min(self._failures, 6), _BACKOFF_MAX))
         self._wake_soon()
 
     async def _refresh_quiet_runs(self, every: float) -> None:
@@ -747,12 +762,12 @@ class StreamWriter:
                                          run.keys.meta, run.keys.lease, run.token,
                                          self._lease_ms(), self._ttl())
                 replies = await pipe.execute(raise_on_error=False)
+            if any(isinstance(reply, NoScriptError) for reply in replies):
+                await self._load_scripts()  # the next round refreshes them
+                return
         except _TRANSIENT as exc:
             logger.warning("lease refresh failed: %s", exc)
             await self._reset_client()
-            return
-        if any(isinstance(reply, NoScriptError) for reply in replies):
-            await self._load_scripts()
             return
         for run, reply in zip(quiet, replies, strict=True):
             self._settle(run, [], reply if isinstance(reply, Exception) else

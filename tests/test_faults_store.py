@@ -5,6 +5,7 @@ import json
 import time
 
 import pytest
+import redis
 
 from streaming import (
     BufferFullError,
@@ -17,6 +18,7 @@ from streaming import (
 )
 from streaming.client import sync_client
 from tests.proxy import Proxy, port_of
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.fault
 
@@ -35,6 +37,74 @@ def test_server_restarted_empty_is_reported_to_the_writer(private_server, settin
             run.flush(timeout=15)
         client = sync_client(local)
         assert client.exists(f"sse:run:{run_id}") == 0  # nothing written under a new numbering
+    finally:
+        writer.stop(timeout=2)
+
+
+def test_a_store_back_from_a_long_outage_without_its_scripts_is_written_soon(
+        private_server, settings, run_id):
+    """Case 23: the store is away long enough for the writer's retries to wait their longest,
+    and comes back without its scripts (as after a restart with its data). The first flush
+    that reaches it is refused (``NOSCRIPT``); the writer loads the scripts and sends it again
+    after the shortest wait, not the outage's longest (2 s): in the soak that wait ran into
+    the next outage, and the run's lease lapsed while its writer lived."""
+    proxy = Proxy(private_server.port)
+    writer = StreamWriter(settings.replace(redis_url=proxy.url)).start()
+    try:
+        run = writer.open(run_id)
+        run.send("before")
+        run.flush()
+        proxy.set_refuse(True)
+        run.send("during")
+        time.sleep(4.5)  # retries 0.1, 0.2, 0.4, 0.8, 1.6 s apart, then 2 s
+        sync_client(settings.replace(redis_url=private_server.url)).script_flush()
+        reached = proxy.accepted
+        proxy.set_refuse(False)
+        while proxy.accepted == reached:
+            time.sleep(0.005)
+        back = time.monotonic()
+        run.flush(timeout=10)
+        took = time.monotonic() - back
+        print(f"stored {took * 1000:.0f} ms after the writer reached the store again")
+        assert took < 1.0, "the writer waited the outage's longest wait once more"
+    finally:
+        writer.stop(timeout=2)
+        proxy.close()
+
+
+@pytest.mark.parametrize("call", ["a flush", "a lease refresh"])
+def test_scripts_that_fail_to_load_are_loaded_again(private_server, settings, run_id,
+                                                   monkeypatch, call):
+    """The store answers ``NOSCRIPT`` to the writer's flush or lease refresh, and the
+    connection fails while the writer loads its scripts: the writer retries, as for any
+    outage, and the run goes on (before, the error left the flush loop and failed the
+    writer's every run)."""
+    local = settings.replace(redis_url=private_server.url)
+    writer = StreamWriter(local).start()
+    load = writer._load_scripts
+    failures = []
+
+    async def load_once_failing():
+        if not failures:
+            failures.append(1)
+            raise redis.ConnectionError("lost while loading the scripts")
+        await load()
+
+    try:
+        run = writer.open(run_id)
+        run.send("before")
+        run.flush()
+        monkeypatch.setattr(writer, "_load_scripts", load_once_failing)
+        sync_client(local).script_flush()
+        if call == "a flush":
+            run.send("after")
+        else:
+            wait_for(lambda: failures, 10, "a lease refresh answered NOSCRIPT")
+            run.send("after")
+        run.finish(timeout=10)
+        assert failures and writer.running
+        events = list(read_events(sync_client(local), run_id, local))
+        assert [e.data for e in events if e.terminal is None] == ["before", "after"]
     finally:
         writer.stop(timeout=2)
 
