@@ -174,7 +174,8 @@ def test_process_init_starts_the_writer_at_once_with_redis_down_and_shutdown_sto
 
         app = create_app(WorkerConfig.from_env({"REDIS_URL": f"redis://127.0.0.1:{free_port()}"}))
         # What a prefork worker named "w@test" does with the app's bootstep, then in a child.
-        WorkerStep(SimpleNamespace(app=app, hostname="w@test", pool_cls="prefork"))
+        WorkerStep(SimpleNamespace(app=app, hostname="w@test", pool_cls="prefork",
+                                   consumer_cls="celery.worker.consumer:Consumer"))
         signals.worker_process_init.send(sender="other@test")  # another worker's: not ours
         assert app.streaming._writer is None
         started = time.monotonic()
