@@ -96,11 +96,9 @@ def test_scripts_that_fail_to_load_are_loaded_again(private_server, settings, ru
         run.flush()
         monkeypatch.setattr(writer, "_load_scripts", load_once_failing)
         sync_client(local).script_flush()
-        if call == "a flush":
-            run.send("after")
-        else:
+        if call == "a lease refresh":  # the run is quiet: refreshed every lease_ttl / 3
             wait_for(lambda: failures, 10, "a lease refresh answered NOSCRIPT")
-            run.send("after")
+        run.send("after")
         run.finish(timeout=10)
         assert failures and writer.running
         events = list(read_events(sync_client(local), run_id, local))
