@@ -68,6 +68,10 @@ __all__ = ["RunWriter", "StreamWriter", "WriterStats", "shared_writer"]
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _TRANSIENT = TRANSIENT
+#: Replies of a server that did not take a flush: full, or gone (a cluster answers per node).
+_UNTAKEN: tuple[type[Exception], ...] = (OutOfMemoryError, *TRANSIENT)
+#: Replies whose chunks go again as they are: those, and scripts the server does not know.
+_AGAIN: tuple[type[Exception], ...] = (NoScriptError, *_UNTAKEN)
 _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
 #: Failures of the best-effort run index update: logged, never a failed claim.
 _INDEX_ERRORS: tuple[type[Exception], ...] = (*TRANSIENT, ResponseError)
@@ -576,7 +580,7 @@ class StreamWriter:
         self._stats.flushes += 1
         if any(isinstance(reply, NoScriptError) for reply in replies):
             self._scripts_unknown = True
-        if not any(isinstance(reply, (OutOfMemoryError, *_TRANSIENT)) for reply in replies):
+        if not any(isinstance(reply, _UNTAKEN) for reply in replies):
             self._failures = 0  # the server is back and takes writes (a cluster: every node)
         retry = [(item, reply) for item, reply in zip(batch, replies, strict=True)
                  if not self._settle(item[0], item[1], reply, item[3])]
@@ -688,7 +692,7 @@ class StreamWriter:
         """Record one run's reply (``cost``: what ``chunks`` count against the buffer bound);
         False when the chunks must be sent again."""
         # A cluster pipeline answers per node: one node's outage shows as these replies.
-        if isinstance(reply, (NoScriptError, OutOfMemoryError, *_TRANSIENT)):
+        if isinstance(reply, _AGAIN):
             return False
         with self._lock:
             if (isinstance(reply, ResponseError) and str(reply).startswith("ORDER")
