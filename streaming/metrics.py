@@ -30,6 +30,7 @@ import glob
 import importlib.util
 import os
 import sys
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, TypeVar
@@ -93,15 +94,20 @@ class _Metrics:
 _metrics: _Metrics | None = None
 _missing = False
 _followed: dict[str, int] = {}
+# The first use may come from two threads at once (a web request and a writer's flush thread,
+# or two worker threads): one registers the collectors, the other would find them taken.
+_creating = threading.Lock()
 
 
 def _get() -> _Metrics | None:
     global _metrics, _missing
     if _metrics is None and not _missing:
-        try:
-            _metrics = _Metrics()
-        except ImportError:
-            _missing = True
+        with _creating:
+            if _metrics is None and not _missing:
+                try:
+                    _metrics = _Metrics()
+                except ImportError:
+                    _missing = True
     return _metrics
 
 

@@ -134,3 +134,31 @@ def test_a_writer_whose_text_deltas_cannot_flush_is_reported_stalled(settings, r
     finally:
         writer.stop(5)
         proxy.close()
+
+
+def test_threads_that_use_the_metrics_first_at_once_all_count():
+    """The first use from many threads at once (a web request and a writer's flush thread):
+    one set of collectors is registered, no thread gets ``DuplicateTimeseries``."""
+    code = """
+import threading
+from streaming import metrics
+start, errors = threading.Barrier(8), []
+def first_use():
+    start.wait()
+    try:
+        metrics.store_error("web")
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=first_use) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+counted = metrics.samples(metrics.exposition(), "streaming_store_errors_total")
+print(errors, counted)
+assert not errors and counted == [({"component": "web"}, 8.0)], (errors, counted)
+"""
+    for _ in range(5):  # a fresh process each time: the first use is the one that races
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=ROOT, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
