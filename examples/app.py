@@ -11,8 +11,9 @@ Routes:
 - ``POST /runs``: queue a ``demo`` run (body ``{"text", "rate", "chunk_size"}``, all optional)
   through the tasks API. The params are checked against the generator's schema first (400
   naming the field), then the ``create`` access (by default the page session's token, from
-  the cookie or ``Authorization: Bearer``); 201 with its id, a read token, a cancel token and
-  the URLs that take them, and the read token as a cookie scoped to the run's path;
+  the cookie or ``Authorization: Bearer``); 201 with its id, a read token, a cancel token,
+  the URLs that take them and their lifetime (``expires_in``), and the read token as a cookie
+  scoped to the run's path;
 - ``GET /runs``: the runs this app started lately (newest first, at most ``?limit=`` 20), each
   with its state, last seq id, attempt, ending and the chunk total the demo will write, and
   ``flower_url`` (``FLOWER_URL``) for links to each run's task in Flower. It needs the
@@ -242,6 +243,7 @@ class _Runs:
             "status_url": f"{path('run_status', run_id=run_id)}?token={read}",
             "cancel_url": f"{path('cancel_run', run_id=run_id)}?token={cancel}",
             "token_url": str(path("run_token", run_id=run_id)),
+            "expires_in": int(self.streams.settings.token_ttl),  # both tokens' lifetime (s)
         }
         response = JSONResponse(body, status_code=201, headers={"Cache-Control": "no-store"})
         # The same read token for clients that send cookies: no token in any URL or log.

@@ -5,7 +5,10 @@
 // itself) continues right after it. The page only has to remember where it was:
 // - the run is in the URL (`?run=<id>`), so a reload or a restored tab knows which run;
 // - what it rendered (text, seq ids, last event id) is in sessionStorage, per tab;
-// - the read tokens of the runs this browser started are in localStorage.
+// - the tokens of the runs this browser started are in localStorage. They expire (an hour by
+//   default): while the page shows a run, it swaps them for fresh ones at half their lifetime
+//   (POST /runs/{id}/token with the one it has), and opens the stream again with the fresh
+//   one when the server refused the old one to EventSource's own reconnect.
 // Restarts follow the project's client rule: `restarted` with `"resume": false` means the
 // new attempt starts over, so the output rendered before it is dropped.
 "use strict";
@@ -16,7 +19,7 @@ const viewKey = (runId) => "celery-streaming:view:" + runId;
 const MAX_LOG = 300;
 
 let source = null; // the EventSource of the run on screen
-let run = null; // {run_id, token, stream_url, cancel_url}
+let run = null; // {run_id, token, cancel_token, token_url, renew_at, stream_url, cancel_url}
 let view = null; // what this tab rendered of the run (kept in sessionStorage)
 let flowerUrl = null;
 let totals = {}; // run id -> chunks the demo will write
@@ -30,11 +33,51 @@ function knownRuns() {
 
 function rememberRun(created) {
   const runs = knownRuns();
-  runs[created.run_id] = { run_id: created.run_id, stream_url: created.stream_url,
-                           cancel_url: created.cancel_url, started: Date.now() };
+  runs[created.run_id] = {
+    run_id: created.run_id, token: created.token, cancel_token: created.cancel_token,
+    token_url: created.token_url, renew_at: Date.now() + created.expires_in * 500,
+    stream_url: created.stream_url, cancel_url: created.cancel_url, started: Date.now(),
+  };
+  saveRuns(runs);
+}
+
+function saveRuns(runs) {
   const ids = Object.keys(runs).sort((a, b) => runs[b].started - runs[a].started);
   for (const old of ids.slice(50)) delete runs[old];
   localStorage.setItem(RUNS_KEY, JSON.stringify(runs));
+}
+
+// -- tokens ----------------------------------------------------------------------------------
+
+async function freshToken(url, token) {
+  const response = await fetch(url, {
+    method: "POST", headers: { Authorization: "Bearer " + token }, cache: "no-store",
+  });
+  if (!response.ok) throw new Error("token refresh: HTTP " + response.status);
+  return response.json();
+}
+
+// Swaps the shown run's tokens for fresh ones once half their lifetime has passed.
+async function renewTokens() {
+  const shown = run;
+  if (!shown || !shown.token_url || view.ended || Date.now() < shown.renew_at) return;
+  let read, cancel;
+  try {
+    [read, cancel] = await Promise.all([freshToken(shown.token_url, shown.token),
+                                        freshToken(shown.token_url, shown.cancel_token)]);
+  } catch (_) {
+    return; // expired already (the tab slept) or the server is away: the next tick tries
+  }
+  const withToken = (url, token) => url.split("?")[0] + "?token=" + encodeURIComponent(token);
+  Object.assign(shown, {
+    token: read.token, cancel_token: cancel.token,
+    renew_at: Date.now() + read.expires_in * 500,
+    stream_url: withToken(shown.stream_url, read.token),
+    cancel_url: withToken(shown.cancel_url, cancel.token),
+  });
+  const runs = knownRuns();
+  runs[shown.run_id] = shown;
+  saveRuns(runs);
 }
 
 function newView(runId) {
@@ -169,9 +212,16 @@ function onError(event) {
     setStatus("reconnecting", "connection lost, reconnecting...");
   } else if (source.readyState === EventSource.CLOSED && !view.ended) {
     // Refused (an expired token, a 503, a 204 for a cursor already at the end): not an
-    // ending of the run, so nothing is saved; a reload tries again.
-    $("drop").disabled = true;
-    setStatus("closed", "the server closed the stream");
+    // ending of the run, so nothing is saved. Open it again if the token is newer than the
+    // one it was opened with (at most once per renewal: no loop on a refusal that stays);
+    // else a reload tries again.
+    const closed = source;
+    renewTokens().then(() => {
+      if (source !== closed || view.ended) return;
+      if (run && run.token !== closed.token) return connect(true);
+      $("drop").disabled = true;
+      setStatus("closed", "the server closed the stream");
+    });
   }
 }
 
@@ -179,6 +229,7 @@ function connect(resuming) {
   let url = run.stream_url;
   if (view.lastId) url += "&last_event_id=" + encodeURIComponent(view.lastId);
   const opened = new EventSource(url);
+  opened.token = run.token;
   source = opened;
   let reopening = resuming;
   opened.onopen = () => {
@@ -251,11 +302,18 @@ function show(runId) {
 async function start() {
   $("start").disabled = true;
   setStatus("starting", "starting...");
-  const response = await fetch("/runs", {
+  const post = () => fetch("/runs", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ rate: Number($("rate").value) }),
   });
+  let response = await post();
+  if (response.status === 401) {
+    // The page session (a cookie as long-lived as the tokens) expired: loading the page sets
+    // a fresh one.
+    await fetch("/", { cache: "no-store" });
+    response = await post();
+  }
   if (!response.ok) {
     $("start").disabled = false;
     return setStatus("error", "could not start a run: HTTP " + response.status);
@@ -353,3 +411,4 @@ $("drop").addEventListener("click", drop);
 const wanted = new URLSearchParams(location.search).get("run");
 refreshRuns().then(() => { if (wanted && !view) show(wanted); });
 setInterval(refreshRuns, 2000);
+setInterval(renewTokens, 1000);

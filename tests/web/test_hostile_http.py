@@ -268,7 +268,7 @@ def test_run_creation_needs_the_create_scope(watched):
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/runs" in cookie
     body = created.json()
     assert set(body) >= {"run_id", "token", "cancel_token", "stream_url", "cancel_url",
-                         "token_url"}
+                         "token_url", "expires_in"}
     run_cookie = created.headers["set-cookie"]
     assert f"Path=/runs/{body['run_id']}" in run_cookie and "HttpOnly" in run_cookie
 

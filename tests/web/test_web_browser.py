@@ -58,7 +58,7 @@ def full_text(settings: Settings, run_id: str) -> tuple[str, list[int]]:
     client = sync_client(settings, reader=True)
     texts, seqs = [], []
     for event in read_events(client, run_id, settings):
-        if event.seq is not None and event.data != "[DONE]":
+        if event.seq is not None and event.terminal is None:  # the chunks, not the ending
             texts.append(json.loads(event.data)["text"])
             seqs.append(event.seq)
     client.close()
@@ -110,6 +110,43 @@ def test_cancel_button_ends_the_page_cleanly(browser: object, settings: Settings
         shown = page.text_content("#output") or ""
     assert state == "cancelled" and closed
     assert 0 < len(shown) < len(DEMO_TEXT)
+
+
+@pytest.mark.slow
+def test_page_outlives_its_tokens(browser: object, settings: Settings, celery_runs: Runs):
+    """Tokens that live 4 s, a run of 10 s through a proxy that cuts every stream: the page
+    gets a fresh page session when its first expired, renews the run's tokens at half their
+    lifetime, opens the stream again with the fresh one when EventSource's own reconnect (with
+    the token it was opened with) is refused, and cancels with a renewed cancel token."""
+    settings = settings.replace(token_secret="browser-test-" + "s" * 32, token_ttl=4)
+    app = create_app(settings, launcher=celery_runs, retry_ms=200)
+    with ServerThread(app) as server:
+        proxy = CuttingProxy(server.port, cut_after=7)
+        try:
+            page = browser.new_page()  # type: ignore[attr-defined]
+            page.goto(proxy.url + "/")
+            page.wait_for_timeout(4_500)  # the page session's cookie expires
+            page.select_option("#rate", "5")
+            page.click("#start")
+            page.wait_for_function("run !== null", timeout=30_000)
+            first = page.evaluate("[run.token, run.cancel_token]")
+            page.wait_for_function(seqs_at_least(35), timeout=30_000)  # 7 s: both expired
+            page.click("#cancel")
+            page.wait_for_selector("body[data-finished]", timeout=30_000)
+            run_id = page.text_content("#run-id") or ""
+            state = page.get_attribute("body", "data-finished")
+            shown = page.text_content("#output")
+            seqs = page.get_attribute("#output", "data-seqs")
+            last = page.evaluate("[run.token, run.cancel_token]")
+            reconnects = int(page.text_content("#reconnects") or 0)
+        finally:
+            proxy.close()
+    text, stored = full_text(settings, run_id)
+    assert state == "cancelled"
+    assert first[0] != last[0] and first[1] != last[1]
+    assert proxy.cuts >= 4 and reconnects >= 4
+    assert shown == text and len(text) < len(DEMO_TEXT)
+    assert [int(s) for s in (seqs or "").split(",")] == stored
 
 
 def seqs_at_least(count: int) -> str:
