@@ -66,7 +66,7 @@ async def test_joins_mode_freezes_after_start_up_and_after_joins_only() -> None:
         assert frozen > 0
         kept = cycles(1000)
         pacer.tick()  # nobody joined: the new objects stay with the collector
-        assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() <= frozen  # (fewer when a frozen object was freed)
         joins.count += 1
         pacer.tick()
         assert gc.get_freeze_count() >= frozen + 2000
