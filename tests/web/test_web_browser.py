@@ -14,7 +14,9 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.applications import Starlette
@@ -65,28 +67,37 @@ def full_text(settings: Settings, run_id: str) -> tuple[str, list[int]]:
     return "".join(texts), seqs
 
 
-@pytest.mark.slow
-def test_page_survives_dropped_connections(browser: object, settings: Settings,
-                                           celery_runs: Runs):
-    settings = settings.replace(token_secret="browser-test-" + "s" * 32)
-    app = create_app(settings, launcher=celery_runs, retry_ms=200)
+@contextmanager
+def page_behind_a_cutting_proxy(browser: object, settings: Settings,
+                                launcher: Runs) -> Iterator[tuple[Any, CuttingProxy]]:
+    """The reference page, loaded through a proxy that cuts every stream after 7 events."""
+    app = create_app(settings, launcher=launcher, retry_ms=200)
     with ServerThread(app) as server:
         proxy = CuttingProxy(server.port, cut_after=7)
         try:
             page = browser.new_page()  # type: ignore[attr-defined]
             page.goto(proxy.url + "/")
-            page.click("#start")
-            page.wait_for_selector("body[data-finished]", timeout=30_000)
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "browser-reconnect.png"), full_page=True)
-            run_id = page.text_content("#run-id")
-            shown = page.text_content("#output")
-            seqs = page.get_attribute("#output", "data-seqs")
-            state = page.get_attribute("body", "data-finished")
-            reconnects = int(page.text_content("#reconnects") or 0)
-            closed = page.evaluate("source.readyState === EventSource.CLOSED")
+            yield page, proxy
+            page.close()  # its timers and EventSource stop before the proxy and the server
         finally:
             proxy.close()
+
+
+@pytest.mark.slow
+def test_page_survives_dropped_connections(browser: object, settings: Settings,
+                                           celery_runs: Runs):
+    settings = settings.replace(token_secret="browser-test-" + "s" * 32)
+    with page_behind_a_cutting_proxy(browser, settings, celery_runs) as (page, proxy):
+        page.click("#start")
+        page.wait_for_selector("body[data-finished]", timeout=30_000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "browser-reconnect.png"), full_page=True)
+        run_id = page.text_content("#run-id")
+        shown = page.text_content("#output")
+        seqs = page.get_attribute("#output", "data-seqs")
+        state = page.get_attribute("body", "data-finished")
+        reconnects = int(page.text_content("#reconnects") or 0)
+        closed = page.evaluate("source.readyState === EventSource.CLOSED")
     text, stored = full_text(settings, run_id or "")
     assert state == "done" and closed  # the page closed its EventSource: no reconnect loop
     assert proxy.cuts >= 2 and reconnects >= 2
@@ -119,28 +130,21 @@ def test_page_outlives_its_tokens(browser: object, settings: Settings, celery_ru
     lifetime, opens the stream again with the fresh one when EventSource's own reconnect (with
     the token it was opened with) is refused, and cancels with a renewed cancel token."""
     settings = settings.replace(token_secret="browser-test-" + "s" * 32, token_ttl=4)
-    app = create_app(settings, launcher=celery_runs, retry_ms=200)
-    with ServerThread(app) as server:
-        proxy = CuttingProxy(server.port, cut_after=7)
-        try:
-            page = browser.new_page()  # type: ignore[attr-defined]
-            page.goto(proxy.url + "/")
-            page.wait_for_timeout(4_500)  # the page session's cookie expires
-            page.select_option("#rate", "5")
-            page.click("#start")
-            page.wait_for_function("run !== null", timeout=30_000)
-            first = page.evaluate("[run.token, run.cancel_token]")
-            page.wait_for_function(seqs_at_least(35), timeout=30_000)  # 7 s: both expired
-            page.click("#cancel")
-            page.wait_for_selector("body[data-finished]", timeout=30_000)
-            run_id = page.text_content("#run-id") or ""
-            state = page.get_attribute("body", "data-finished")
-            shown = page.text_content("#output")
-            seqs = page.get_attribute("#output", "data-seqs")
-            last = page.evaluate("[run.token, run.cancel_token]")
-            reconnects = int(page.text_content("#reconnects") or 0)
-        finally:
-            proxy.close()
+    with page_behind_a_cutting_proxy(browser, settings, celery_runs) as (page, proxy):
+        page.wait_for_timeout(4_500)  # the page session's cookie expires
+        page.select_option("#rate", "5")
+        page.click("#start")
+        page.wait_for_function("run !== null", timeout=30_000)
+        first = page.evaluate("[run.token, run.cancel_token]")
+        page.wait_for_function(seqs_at_least(35), timeout=30_000)  # 7 s: both expired
+        page.click("#cancel")
+        page.wait_for_selector("body[data-finished]", timeout=30_000)
+        run_id = page.text_content("#run-id") or ""
+        state = page.get_attribute("body", "data-finished")
+        shown = page.text_content("#output")
+        seqs = page.get_attribute("#output", "data-seqs")
+        last = page.evaluate("[run.token, run.cancel_token]")
+        reconnects = int(page.text_content("#reconnects") or 0)
     text, stored = full_text(settings, run_id)
     assert state == "cancelled"
     assert first[0] != last[0] and first[1] != last[1]
