@@ -90,6 +90,11 @@ def resumes(self, n: int):
             raise ConnectionError("upstream dropped")
 
 
+@app.task(base=StreamingTask, name="public.limited", rate_limit="60/m")
+def limited():
+    yield {"started": time.time()}
+
+
 @pytest.fixture
 def streaming_app() -> Celery:
     return app
@@ -209,3 +214,15 @@ def test_a_resumable_task_continues_after_the_stored_chunks(streaming_worker, st
     assert [item["i"] for item in run.data()] == [0, 1, 2, 3, 4, 5]  # each once
     assert [item["attempt"] for item in run.data()] == [1, 1, 1, 2, 2, 2]
     assert run.ending == "done"
+
+
+def test_a_rate_limit_spaces_the_runs_and_each_ends_done(streaming_worker, streaming_runs):
+    """Celery's ``rate_limit`` on a streaming task (60/m: one a second) holds the later runs
+    in the worker, queued, and each still runs once and ends ``done``."""
+    results = [limited.delay() for _ in range(3)]
+    runs = [streaming_runs.collect(result.id) for result in results]
+    assert [run.ending for run in runs] == ["done"] * 3
+    assert [len(run.data()) for run in runs] == [1, 1, 1]
+    starts = sorted(run.data()[0]["started"] for run in runs)
+    assert starts[2] - starts[0] >= 1.5, starts
+
