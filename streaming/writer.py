@@ -153,7 +153,8 @@ class StreamWriter:
         self._outage_reason = ""
         #: Flushes failed in a row since the server last took one: what the retries back off by.
         self._failures = 0
-        #: The server answered NOSCRIPT: the next flush loads the scripts first (``_flush``).
+        #: The server answered NOSCRIPT: the next flush or lease refresh loads the scripts first
+        #: (``_reload_lost_scripts``).
         self._scripts_unknown = False
         self._stats = WriterStats()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -523,9 +524,7 @@ class StreamWriter:
         flight, following = self._flight, None
         try:
             if batch:
-                if self._scripts_unknown:  # here, where a failure is retried like the flush
-                    await self._load_scripts()
-                    self._scripts_unknown = False
+                await self._reload_lost_scripts()
                 following = await self._dispatch(batch)
             if flight is not None:
                 replies = await flight.replies()
@@ -760,18 +759,19 @@ class StreamWriter:
         if not quiet:
             return
         try:
+            await self._reload_lost_scripts()
             async with self._get_client().pipeline(transaction=False) as pipe:
                 for run in quiet:
                     pipe.execute_command("EVALSHA", scripts.REFRESH.sha, 3, run.keys.stream,
                                          run.keys.meta, run.keys.lease, run.token,
                                          self._lease_ms(), self._ttl())
                 replies = await pipe.execute(raise_on_error=False)
-            if any(isinstance(reply, NoScriptError) for reply in replies):
-                await self._load_scripts()  # the next round refreshes them
-                return
         except _TRANSIENT as exc:
             logger.warning("lease refresh failed: %s", exc)
             await self._reset_client()
+            return
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            self._scripts_unknown = True  # the next round loads them, then refreshes
             return
         for run, reply in zip(quiet, replies, strict=True):
             self._settle(run, [], reply if isinstance(reply, Exception) else
@@ -805,6 +805,14 @@ class StreamWriter:
             await client.connection_pool.release(conn)
         with contextlib.suppress(*_TRANSIENT):
             await client.aclose()
+
+    async def _reload_lost_scripts(self) -> None:
+        """Load the scripts if the server answered ``NOSCRIPT`` (a restart loses them). Called
+        by a flush and a lease refresh inside their own error handling, so a failure here is
+        retried like theirs."""
+        if self._scripts_unknown:
+            await self._load_scripts()
+            self._scripts_unknown = False
 
     async def _load_scripts(self) -> None:
         client = self._get_client()
