@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from .wire import Event
@@ -151,7 +151,7 @@ def use_multiprocess(path: str) -> None:
 
 def exposition() -> bytes:
     """This process's metrics in the text format; in multiprocess mode, every process's."""
-    from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
+    from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
     path = multiprocess_dir()
     if path is None:
@@ -159,8 +159,35 @@ def exposition() -> bytes:
         return generate_latest(REGISTRY)
     reap_dead_processes(path)
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
+    registry.register(_RecordedFiles(path))
     return generate_latest(registry)
+
+
+class _RecordedFiles:
+    """prometheus_client's ``MultiProcessCollector`` without its files that are still empty.
+
+    A process creates its file, then sizes it: a scrape in between read a file of 0 bytes and
+    failed whole (``struct.error``), and a process killed in between left it so for good
+    (prometheus/client_python#1199). An empty file holds no value yet, so it is left out; a
+    file only grows, so one seen non-empty stays readable.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client import multiprocess
+
+        files = [name for name in glob.glob(os.path.join(self.path, "*.db")) if _size(name)]
+        return multiprocess.MultiProcessCollector.merge(  # type: ignore[no-untyped-call,no-any-return]
+            files, accumulate=True)
+
+
+def _size(name: str) -> int:
+    try:
+        return os.path.getsize(name)
+    except FileNotFoundError:  # a live gauge of a process another scrape marked dead
+        return 0
 
 
 def reap_dead_processes(path: str) -> list[int]:
@@ -173,7 +200,9 @@ def reap_dead_processes(path: str) -> list[int]:
         if not _alive(pid):
             dead.add(pid)
     for pid in dead:
-        multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+        # Two processes scraping at once both reap it; the second finds the files gone.
+        with contextlib.suppress(FileNotFoundError):
+            multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
     return sorted(dead)
 
 

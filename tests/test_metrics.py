@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -162,3 +163,21 @@ assert not errors and counted == [({"component": "web"}, 8.0)], (errors, counted
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               cwd=ROOT, timeout=60)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_process_killed_as_it_made_its_metrics_file_does_not_break_the_scrape(tmp_path):
+    """prometheus_client creates a process's file, then sizes it: a scrape in between, or for
+    good after the process is killed in between, met an empty file and failed whole (CI saw
+    ``/metrics`` answer 500 while a second ``uvicorn`` worker served its first stream)."""
+    (tmp_path / "counter_999999.db").touch()  # what the killed process left
+    (tmp_path / "histogram_999999.db").touch()
+    code = """
+from streaming import metrics
+metrics.store_error("web")
+counted = metrics.samples(metrics.exposition(), "streaming_store_errors_total")
+assert counted == [({"component": "web"}, 1.0)], counted
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60,
+                          env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stdout + done.stderr
