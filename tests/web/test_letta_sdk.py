@@ -148,12 +148,15 @@ def test_sdk_reads_plain_chunks_pings_and_a_restart_of_a_live_run(
     run_id = f"run-{uuid.uuid4().hex}"
     first = writer.open(run_id)
     first.send(json.dumps({"text": "abandoned ", "index": 0}))
-    first.release()
+    first.flush()
     settings = letta_settings.replace(ping_interval=0.2)
 
     def produce(server: ServerThread) -> None:
         wait_for_a_reader(server)
         time.sleep(1.0)  # five ping intervals of quiet: the client gets pings meanwhile
+        # Released only now: a run with no writer for producer_timeout (2 s here) is lost,
+        # and the SDK's process alone can take that long to start on a loaded machine.
+        first.release()
         second = writer.open(run_id)  # the second attempt: a `restarted` event first
         second.send("plain text")
         second.send(json.dumps({"text": "json text", "index": 0}))
