@@ -23,7 +23,9 @@ from benchmarks.scenarios import load_all
 from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
-HARNESS_TIMEOUT = 240
+#: A bound against a hang, not a speed target: the quick run took 132 s alone and 194 s
+#: inside the suite on a 2-core machine, too near the 240 s this was.
+HARNESS_TIMEOUT = 480
 #: How a scenario of a tier the seed does not have (Celery, HTTP) fills the seed column.
 NO_SEED_TIER = "n/a (the seed has no "
 
