@@ -12,6 +12,8 @@ from urllib.parse import urlparse
 
 import redis
 
+from streaming.wire import DOORBELL, RunKeys
+
 _ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
 #: How each key of a run may hold another kind of value, and the command that makes it so.
@@ -117,3 +119,13 @@ def keys_of(commands: list[list[str]], prefix: str = "sse:") -> set[str]:
 
 def names_of(commands: list[list[str]]) -> set[str]:
     return {command[0].upper() for command in commands if command}
+
+
+def beyond_status_reads(commands: list[list[str]], keys: RunKeys) -> tuple[set[str], set[str]]:
+    """What ``commands`` did besides reading the status of the run of ``keys``: the keys other
+    than its own, and the command names outside ``STATUS_ONLY`` (both empty when nothing else
+    was read). The hub's own doorbell subscription (``streaming.doorbell``, made from its task
+    after it started, which a loaded machine can delay into the window) is no command about
+    the run."""
+    return (keys_of(commands) - {DOORBELL, keys.stream, keys.meta, keys.lease},
+            names_of(commands) - STATUS_ONLY - {"SUBSCRIBE", "SSUBSCRIBE"})
