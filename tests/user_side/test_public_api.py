@@ -225,4 +225,3 @@ def test_a_rate_limit_spaces_the_runs_and_each_ends_done(streaming_worker, strea
     assert [len(run.data()) for run in runs] == [1, 1, 1]
     starts = sorted(run.data()[0]["started"] for run in runs)
     assert starts[2] - starts[0] >= 1.5, starts
-
